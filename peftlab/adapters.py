@@ -1,0 +1,90 @@
+"""Adapter files in the Hugging Face PEFT layout: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Reading never unpickles: tensors come from safetensors only. Every problem is reported as an
+``AdapterError`` that names the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from peftlab.errors import AdapterError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def write_adapter(directory: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``directory``.
+
+    Each file is written to a temporary name first and renamed into place, so a crash never leaves
+    a half-written adapter behind.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(contiguous, str(path), metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text, encoding="utf-8"))
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """Parse ``adapter_config.json`` in ``directory``; errors name the file and the problem."""
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise AdapterError(f"{directory}: adapter directory does not exist")
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(fields, dict):
+        raise AdapterError(f"{path}: expected a JSON object, got {type(fields).__name__}")
+    if "peft_type" not in fields:
+        raise AdapterError(f"{path}: field 'peft_type' is missing")
+    return fields
+
+
+def read_adapter_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Load ``adapter_model.safetensors`` in ``directory`` (never pickle)."""
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise AdapterError(f"{path}: cannot read tensors, the file is truncated or not safetensors ({error})") from None
+
+
+def field(fields: dict[str, Any], name: str, kind: type | tuple[type, ...], source: str, default: Any = ...) -> Any:
+    """Read one config field with a type check; a bad or missing value raises ``AdapterError``."""
+    if name not in fields or fields[name] is None:
+        if default is ...:
+            raise AdapterError(f"{source}: field '{name}' is missing")
+        return default
+    value = fields[name]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise AdapterError(f"{source}: field '{name}' must be a number, got {value!r}")
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise AdapterError(f"{source}: field '{name}' must be {expected}, got {value!r}")
+    return value
+
+
+def _atomic_write(final_path: Path, write: Any) -> None:
+    handle, temp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
+    os.close(handle)
+    try:
+        write(temp_name)
+        os.replace(temp_name, final_path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
