@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from peftlab.adapters import CONFIG_NAME, read_adapter_config, read_adapter_tensors
+from peftlab.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, read_adapter_tensors
 from peftlab.methods import FullFinetune, method_for_config, method_for_peft_type
 from peftlab.methods.base import PeftLabModel
 
@@ -39,9 +39,10 @@ def load_adapter(model: nn.Module, directory: str | Path, trainable: bool = Fals
     method = method_class(config)
     if isinstance(method, FullFinetune):
         state = method.read_weights(directory)
+        weights_source = str(directory)
     else:
         state = read_adapter_tensors(directory)
-    weights_source = str(directory)
+        weights_source = str(directory / WEIGHTS_NAME)
     # Validate the files against a model that has not been changed yet, then attach and copy.
     method.attach(model)
     try:
