@@ -5,28 +5,12 @@ from __future__ import annotations
 from peftlab.errors import AdapterError
 from peftlab.methods.base import Method, PeftLabModel
 from peftlab.methods.full import FullFinetune, FullFinetuneConfig
+from peftlab.methods.lora import LoRA, LoRAConfig
+from peftlab.methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
+from peftlab.methods.prompt_tuning import PromptTuning, PromptTuningConfig
 
-# Each method registers itself here; `peftlab.apply` and `peftlab.load_adapter` dispatch through these.
-METHODS: list[type[Method]] = [FullFinetune]
-
-try:  # methods land one file at a time; each is registered when its module exists
-    from peftlab.methods.lora import LoRA, LoRAConfig
-
-    METHODS.append(LoRA)
-except ImportError:  # pragma: no cover - only while a method file is missing
-    pass
-try:
-    from peftlab.methods.prompt_tuning import PromptTuning, PromptTuningConfig
-
-    METHODS.append(PromptTuning)
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from peftlab.methods.prefix_tuning import PrefixTuning, PrefixTuningConfig
-
-    METHODS.append(PrefixTuning)
-except ImportError:  # pragma: no cover
-    pass
+# `peftlab.apply` and `peftlab.load_adapter` dispatch through this list.
+METHODS: list[type[Method]] = [LoRA, PromptTuning, PrefixTuning, FullFinetune]
 
 
 def method_for_config(config: object) -> type[Method]:
