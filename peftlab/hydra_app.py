@@ -1,0 +1,349 @@
+"""Hydra entry points: ``peftlab train ...`` and ``peftlab bench ...``.
+
+Both compose ``configs/`` (``config.yaml``; ``bench.yaml`` for the benchmark) on top of the structured
+schema registered here, so a typo, an unknown group option or a wrong type fails with Hydra's message
+before any model loads. Each run (or multirun job) writes into Hydra's output folder:
+
+- ``.hydra/`` (Hydra's composed config and overrides) and ``run_config.json`` (the resolved config);
+- ``events.jsonl`` (every event of the run);
+- ``result.json``: status (``ok`` | ``oom`` | ``failed``), label, method, seed, overrides, metrics, error.
+
+A multirun job that runs out of memory or raises is recorded as such and the sweep goes on; a single
+run that fails still writes its ``result.json``, then exits with the error.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab.bench import BenchSettings, check_bench_settings
+from peftlab.report import run_label
+from peftlab.run_config import RunConfig
+
+VERSION_BASE = "1.3"
+# The repository's configs/ folder (an editable install runs from the checkout). Absolute, because Hydra
+# reads a relative config_path as a Python package when this module is imported from the installed package.
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "configs")
+SCHEMA_NAME = "run_schema"
+RESULT_FILE = "result.json"
+RESULT_SCHEMA = "peftlab.result/1"
+BENCH_ONLY_METHODS = ("peft_lora",)
+STATUS_OK, STATUS_OOM, STATUS_FAILED = "ok", "oom", "failed"
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    """The Hydra schema: ``RunConfig`` plus the settings only the Hydra apps use."""
+
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    task_name: str = "train"  # names the output folder: runs/<task_name>/...
+    tags: list[str] = field(default_factory=list)  # free-form labels, passed to W&B
+    optimized_metric: str | None = None  # result metric returned to a Hydra sweeper (e.g. Optuna)
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (first in ``configs/config.yaml``'s defaults)."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=ExperimentConfig)
+
+
+register_configs()
+
+
+@dataclass
+class JobContext:
+    """Where a run writes and how it is named, from Hydra's runtime config."""
+
+    output_dir: Path
+    label: str  # method choice plus overrides other than seed: what the report groups by
+    run_name: str  # every override: unique within a sweep (the W&B run name)
+    group: str | None  # the sweep's name for a multirun (the W&B group), None for a single run
+    multirun: bool
+    overrides: list[str]
+    method_choice: str
+
+
+def job_context(settings: ExperimentConfig) -> JobContext:
+    """Name and place this job from Hydra's runtime (or from the settings alone outside Hydra)."""
+    name = settings.method.name
+    if not HydraConfig.initialized():
+        return JobContext(Path(settings.output_dir), name, name, None, False, [], name)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    method_choice = str(hydra_cfg.runtime.choices.get("method") or name)
+    label = run_label(method_choice, overrides)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    group = settings.logger.wandb_group
+    if group is None and multirun:
+        group = f"{settings.task_name}-{Path(hydra_cfg.sweep.dir).name}"
+    return JobContext(
+        output_dir=Path(hydra_cfg.runtime.output_dir),
+        label=label,
+        run_name=",".join(overrides) or "default",
+        group=group,
+        multirun=multirun,
+        overrides=overrides,
+        method_choice=method_choice,
+    )
+
+
+def check_settings(settings: ExperimentConfig, mode: str) -> None:
+    """Reject settings that cannot run in ``mode`` (train | bench), before anything loads."""
+    if mode == "train" and settings.method.name in BENCH_ONLY_METHODS:
+        raise ValueError(
+            f"method.name={settings.method.name!r} is a benchmark reference, "
+            "usable only with `peftlab bench`; "
+            "train with method=lora"
+        )
+    if mode == "bench":
+        check_bench_settings(settings.bench)
+    if not (settings.data.train_file or settings.data.hf_dataset):
+        raise ValueError("no training data: set data.train_file=PATH.jsonl (or data.hf_dataset=NAME)")
+
+
+def system_info() -> dict[str, Any]:
+    """The machine and versions a result was measured on."""
+    import transformers
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def release_memory() -> None:
+    """Free what the finished job left (cycles, cached CUDA blocks) before the next job of a sweep starts."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError | MemoryError)
+
+
+def _open_sinks(
+    settings: ExperimentConfig, context: JobContext, config: dict[str, Any]
+) -> tuple[list[Any], list[str]]:
+    """The optional W&B sink, and notes about why it is absent when it was asked for."""
+    if not settings.logger.wandb:
+        return [], []
+    from peftlab.wandb_logger import WandbRunSpec, open_wandb_sink
+
+    spec = WandbRunSpec(
+        project=settings.logger.wandb_project,
+        name=context.run_name,
+        group=context.group,
+        job_type=settings.method.name,
+        entity=settings.logger.wandb_entity,
+        tags=tuple(settings.tags),
+    )
+    sink, reason = open_wandb_sink(
+        spec, settings.logger.wandb_mode, {**config, "system": system_info()}, context.output_dir
+    )
+    return ([sink] if sink is not None else []), ([reason] if reason else [])
+
+
+def run_job(
+    cfg: DictConfig, mode: str, runner: Callable[[ExperimentConfig, list[Any]], dict[str, Any]]
+) -> float | None:
+    """Run one job (``mode`` is train or bench) and write its ``result.json``; failures are recorded there."""
+    settings: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    check_settings(settings, mode)
+    context = job_context(settings)
+    result_path = context.output_dir / RESULT_FILE
+    if result_path.exists() and not settings.train.resume:
+        raise FileExistsError(
+            f"{result_path}: this folder already holds a finished run; choose a new hydra.run.dir "
+            "(or set train.resume=true to continue that run)"
+        )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    context.output_dir.mkdir(parents=True, exist_ok=True)
+    sinks, notes = _open_sinks(settings, context, resolved)
+    started = time.time()
+    status, error, details, metrics = STATUS_OK, None, None, {}
+    failure: BaseException | None = None
+    try:
+        metrics = runner(settings, sinks)
+    except Exception as caught:  # recorded in result.json: a sweep member that fails must not stop the sweep
+        failure = caught
+        status = STATUS_OOM if _is_out_of_memory(caught) else STATUS_FAILED
+        error = f"{type(caught).__name__}: {caught}"
+        details = traceback.format_exc()
+    result = {
+        "schema": RESULT_SCHEMA,
+        "status": status,
+        "mode": mode,
+        "label": context.label,
+        "method": settings.method.name,
+        "method_choice": context.method_choice,
+        "seed": settings.seed,
+        "overrides": context.overrides,
+        "error": error,
+        "traceback": details,
+        "notes": notes,
+        "metrics": metrics,
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+        "wall_time_s": time.time() - started,
+        "system": system_info(),
+        "config": resolved,
+    }
+    write_json_atomic(result_path, result)
+    if settings.logger.console:
+        print_outcome(result, result_path)
+    for sink in sinks:
+        sink.log_summary({"status": status, **metrics})
+        sink.close()
+    if failure is not None and not context.multirun:
+        raise failure
+    failure = None  # its traceback holds the failed run's model and batches
+    release_memory()
+    if settings.optimized_metric is not None:
+        value = metrics.get(settings.optimized_metric)
+        return float(value) if isinstance(value, int | float) else None
+    return None
+
+
+class _KeepOpen:
+    """Forwards events to a sink but ignores ``close``: the app closes it after logging the result."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def log(self, event: dict[str, Any]) -> None:
+        """Forward one event."""
+        self.sink.log(event)
+
+    def close(self) -> None:
+        """Leave the sink open."""
+
+
+def step_figures(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median step time and tokens/s of a training run from its events (real tokens, no padding).
+
+    Each event has the cumulative ``tokens`` and the step's ``tokens_per_s``, so a step's time is its
+    token count over its rate.
+    """
+    seconds, tokens, previous = [], 0, 0
+    for event in events:
+        total, rate = event.get("tokens"), event.get("tokens_per_s")
+        if not isinstance(total, int) or not isinstance(rate, int | float) or rate <= 0:
+            continue
+        seconds.append((total - previous) / rate)
+        tokens += total - previous
+        previous = total
+    if not seconds:
+        return {}
+    return {
+        "step_time_ms_p50": statistics.median(seconds) * 1e3,
+        "tokens_per_s": tokens / sum(seconds),
+        "timed_steps": len(seconds),
+    }
+
+
+HEADLINE_FIGURES = (
+    ("valid loss", "final_valid_loss", "{:.4f}"),
+    ("tokens/s", "tokens_per_s", "{:.0f}"),
+    ("step", "step_time_ms_p50", "{:.1f} ms"),
+    ("peak memory", "peak_mem_gib", "{:.3f} GiB"),
+)
+
+
+def print_outcome(result: dict[str, Any], result_path: Path) -> None:
+    """One line on stderr: the run's status and headline figures, and where result.json is."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    metrics = result["metrics"]
+    figures = [
+        f"{name} {form.format(metrics[key])}"
+        for name, key, form in HEADLINE_FIGURES
+        if isinstance(metrics.get(key), int | float)
+    ]
+    status = result["status"] if result["error"] is None else f"{result['status']} ({result['error']})"
+    line = f"{result['mode']} {result['label']}: {status}; {', '.join(figures)} -> {result_path}"
+    Console(stderr=True, highlight=False, soft_wrap=True).print(escape(line))
+
+
+def train_runner(settings: ExperimentConfig, sinks: list[Any]) -> dict[str, Any]:
+    """Train with ``peftlab.train.train``; add peak memory over the run and step figures from its events."""
+    from peftlab.bench import PeakMemory
+    from peftlab.logging import EVENTS_FILE, read_events
+    from peftlab.train import resolve_device, train
+
+    memory = PeakMemory(resolve_device(settings.train.device))
+    memory.reset()
+    summary = train(settings, sinks=[_KeepOpen(sink) for sink in sinks])
+    events = read_events(Path(settings.output_dir) / EVENTS_FILE)
+    return {**memory.read(), **step_figures(events), **summary}
+
+
+def bench_runner(settings: ExperimentConfig, sinks: list[Any]) -> dict[str, Any]:
+    """Benchmark with ``peftlab.bench.run_benchmark``."""
+    from peftlab.bench import run_benchmark
+
+    return run_benchmark(settings, sinks)
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="config")
+def train_main(cfg: DictConfig) -> float | None:
+    """``peftlab train [overrides] [-m]``: train; events.jsonl and result.json go to Hydra's output folder."""
+    return run_job(cfg, "train", train_runner)
+
+
+@hydra.main(version_base=VERSION_BASE, config_path=CONFIG_PATH, config_name="bench")
+def bench_main(cfg: DictConfig) -> float | None:
+    """``peftlab bench [overrides] [-m]``: timed steps after warm-up, written to result.json."""
+    return run_job(cfg, "bench", bench_runner)
