@@ -7,11 +7,18 @@ Field types stay within what OmegaConf structured configs support (no unions bes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
 
+# The embedded example data. Paths starting with ``peftlab/`` that do not exist relative to the working
+# directory resolve inside the installed package (see ``resolve_path``), so the defaults work from anywhere.
 EMBEDDED_TRAIN_FILE = "peftlab/data/examples/style_train.jsonl"
 EMBEDDED_VALID_FILE = "peftlab/data/examples/style_valid.jsonl"
+DEMO_PRESET_OVERRIDES: dict[str, Any] = {"initializer_range": 0.1}
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+RESOLVED_CONFIG_NAME = "run_config.json"
 
 
 @dataclass
@@ -25,7 +32,9 @@ class ModelConfig:
     task: str = "causal_lm"  # causal_lm | sequence_classification
     num_labels: int = 2
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights of the frozen base)
-    config_overrides: dict[str, Any] = field(default_factory=dict)  # preset config fields to change
+    # preset config fields to change. The default widens the random init (transformers uses 0.02) so that a
+    # frozen random base can express confident predictions and the embedded demo's loss visibly falls.
+    config_overrides: dict[str, Any] = field(default_factory=lambda: dict(DEMO_PRESET_OVERRIDES))
 
 
 @dataclass
@@ -65,17 +74,18 @@ class DataConfig:
     label_field: str = "label"
     max_length: int = 256
     packing: bool = False
+    truncation: bool = False  # True: cut examples longer than max_length (a warning); False: they are errors
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping."""
 
-    epochs: int = 3
+    epochs: int = 30  # the embedded demo: 30 passes over 40 conversations (150 steps, < 1 min on a CPU)
     max_steps: int = -1  # > 0 stops after this many optimiser steps
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 1e-2  # suits the tiny random presets; pretrained models want ~1e-4 (LoRA) to ~2e-5 (full)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: str = "cosine"  # cosine | linear | constant
@@ -89,6 +99,7 @@ class TrainConfig:
     init_from: str | None = None  # a saved adapter / full checkpoint to continue from
     skip_nonfinite: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    strategy: str = "none"  # none | ddp | fsdp: how the processes of a torchrun / SLURM launch share the model
 
 
 @dataclass
@@ -125,3 +136,74 @@ class RunConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     seed: int = 0
     output_dir: str = "runs/default"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path for ``path``: as given if it exists (or is absolute), else inside the package.
+
+    ``peftlab/data/examples/style_train.jsonl`` thus names the shipped file from any working directory.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate.resolve()
+    packaged = PACKAGE_ROOT / candidate
+    return packaged if packaged.exists() else candidate.resolve()
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The run config as plain JSON-able data."""
+    return asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "run config") -> RunConfig:
+    """Rebuild a ``RunConfig`` from ``config_to_dict`` output, checking every field's type.
+
+    Keys outside the ``RunConfig`` schema (settings a subclass such as the Hydra app's adds) are dropped.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        known = _known_fields(data, RunConfig)
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(known))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _known_fields(data: dict[str, Any], schema: type) -> dict[str, Any]:
+    """``data`` restricted to the fields of dataclass ``schema`` (recursively for nested dataclasses)."""
+    hints = get_type_hints(schema)
+    known: dict[str, Any] = {}
+    for item in fields(schema):
+        if item.name not in data:
+            continue
+        value = data[item.name]
+        kind = hints[item.name]
+        nested = is_dataclass(kind) and isinstance(value, dict)
+        known[item.name] = _known_fields(value, kind) if nested else value
+    return known
+
+
+def save_resolved_config(cfg: RunConfig, directory: str | Path) -> Path:
+    """Write ``run_config.json`` (the config a run actually used) into ``directory``."""
+    path = Path(directory) / RESOLVED_CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: never a torn file
+    temp.write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temp.replace(path)
+    return path
+
+
+def load_resolved_config(directory: str | Path) -> RunConfig:
+    """Read a run folder's ``run_config.json``; errors name the file."""
+    path = Path(directory) / RESOLVED_CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; {directory} is not a finished or running peftlab run folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return config_from_dict(data, str(path))
