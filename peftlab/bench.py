@@ -11,6 +11,9 @@ Units and definitions, stated once and used by every field name:
   Virtual tokens (prompt / prefix tuning) are never counted.
 - step: one optimiser step (forward, backward, update). Warm-up steps run first and are not counted.
 - MFU: model FLOPs per second over the GPU's dense peak for the run's dtype (see ``model_flops_per_token``).
+- several ranks (``train.strategy`` ddp / fsdp): tokens are counted over all ranks, so ``tokens_per_s`` is
+  global (``tokens_per_s_per_rank`` divides it by ``world_size``); memory is per GPU: ``peak_mem_gib`` is
+  the largest rank's peak and ``peak_mem_gib_per_rank`` lists every rank's.
 """
 
 from __future__ import annotations
@@ -426,38 +429,58 @@ def run_benchmark(cfg: Any, sinks: list[Any] | None = None) -> dict[str, Any]:
     and are left open. Peak memory covers the warm-up and timed steps (weights included); the accuracy
     figures come from ``evaluate`` on the validation data after the timed steps.
     """
+    from peftlab import distributed
     from peftlab.logging import EVENTS_FILE, ConsoleSink, JsonlSink
     from peftlab.run_config import save_resolved_config
-    from peftlab.train import check_run_folder, evaluate, prepare_run, train_step, with_resolved_paths
+    from peftlab.train import (
+        check_run_folder,
+        evaluate,
+        prepare_run,
+        resolve_device,
+        train_step,
+        with_resolved_paths,
+    )
 
     check_bench_settings(cfg.bench)
-    # the learning-rate schedule spans exactly the benchmark's steps
+    context = distributed.init_distributed(cfg.train.strategy, resolve_device(cfg.train.device))
+    if cfg.method.name == PEFT_LORA and context.is_distributed:
+        raise ValueError(f"method.name={PEFT_LORA} is a single-process reference; use train.strategy=none")
+    # the learning-rate schedule spans exactly the benchmark's steps; every rank writes into rank 0's folder
     steps = cfg.bench.warmup_steps + cfg.bench.steps
-    cfg = with_resolved_paths(replace(cfg, train=replace(cfg.train, max_steps=steps)))
+    output_dir = distributed.broadcast_object(str(Path(cfg.output_dir).resolve()))
+    cfg = with_resolved_paths(replace(cfg, output_dir=output_dir, train=replace(cfg.train, max_steps=steps)))
     run_dir = Path(cfg.output_dir)
     check_run_folder(run_dir, resume=False)
+    distributed.barrier()
     parts = prepare_peft_lora_run(cfg) if cfg.method.name == PEFT_LORA else prepare_run(cfg)
-    save_resolved_config(cfg, run_dir)
+    if context.is_main:
+        save_resolved_config(cfg, run_dir)
     memory = PeakMemory(parts.device)
     after_setup = memory.current_gib()
     batches = _bench_batches(cfg, parts)
-    own_sinks: list[Any] = [JsonlSink(run_dir / EVENTS_FILE)]
-    if cfg.logger.console:
+    own_sinks: list[Any] = [JsonlSink(run_dir / EVENTS_FILE)] if context.is_main else []
+    if cfg.logger.console and context.is_main:
         own_sinks.append(ConsoleSink(steps))
+    sinks = sinks if context.is_main else []
     step_seconds: list[float] = []
     counted, sequences = TokenCount(0, 0, 0), 0
     memory.reset()
     try:
         for index in range(cfg.bench.warmup_steps + cfg.bench.steps):
             batch = next(batches)
-            tokens = count_tokens(batch)
+            local = count_tokens(batch)
             with StepTimer(parts.device) as timer:
                 stats = train_step(parts, batch)
+            # every rank's tokens (global tokens/s); the ranks' steps end together at the collectives
+            total, nonpad, trained, rows = distributed.all_reduce_sum(
+                [local.total, local.nonpad, local.trained, batch["input_ids"].shape[0]]
+            )
+            tokens = TokenCount(int(total), int(nonpad), int(trained))
             timed = index >= cfg.bench.warmup_steps
             if timed:
                 step_seconds.append(timer.seconds)
                 counted = counted + tokens
-                sequences += int(batch["input_ids"].shape[0])
+                sequences += int(rows)
             event = {
                 "step": index + 1,
                 "phase": "timed" if timed else "warmup",
@@ -476,13 +499,16 @@ def run_benchmark(cfg: Any, sinks: list[Any] | None = None) -> dict[str, Any]:
             sink.close()
     figures: dict[str, Any] = {
         "mem_after_setup_gib": after_setup,
-        **peak,
+        **per_rank_memory(distributed.all_gather_object(peak)),
         **throughput_figures(step_seconds, counted),
+        "world_size": context.world_size,
     }
+    figures["tokens_per_s_per_rank"] = figures["tokens_per_s"] / context.world_size
     figures.update(parameter_counts(parts.model))
     figures["optimizer_state_bytes"] = optimizer_state_bytes(parts.optimizer)
     mean_seq_len = counted.total / sequences  # positions per sequence, padding included
-    figures.update(_mfu_figures(cfg, parts, mean_seq_len, figures["tokens_per_s_total"]))
+    per_gpu_rate = figures["tokens_per_s_total"] / context.world_size  # MFU: one GPU's rate over its peak
+    figures.update(_mfu_figures(cfg, parts, mean_seq_len, per_gpu_rate))
     figures["final_train_loss"] = stats.loss
     figures.update(_accuracy_figures(evaluate(parts), parts.is_classification))
     figures.update(device=str(parts.device), bench_data=getattr(cfg.bench, "data", "train"))
@@ -494,7 +520,19 @@ def _bench_batches(cfg: Any, parts: Any) -> Iterator[Any]:
         return training_batches(parts.train_loader)
     config = parts.model.config
     num_labels = cfg.model.num_labels if parts.is_classification else None
-    return synthetic_batches(config.vocab_size, cfg.bench.batch_size, cfg.bench.seq_len, cfg.seed, num_labels)
+    seed = cfg.seed + parts.context.rank  # each rank its own synthetic batches
+    return synthetic_batches(config.vocab_size, cfg.bench.batch_size, cfg.bench.seq_len, seed, num_labels)
+
+
+def per_rank_memory(peaks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's memory figures with the headline ``peak_mem_gib`` the largest over ranks (per GPU, not a
+    sum), and every rank's peak in ``peak_mem_gib_per_rank``."""
+    figures = dict(peaks[0])
+    per_rank = [peak.get("peak_mem_gib") for peak in peaks]
+    known = [value for value in per_rank if value is not None]
+    figures["peak_mem_gib"] = max(known) if known else None
+    figures["peak_mem_gib_per_rank"] = per_rank
+    return figures
 
 
 def _mfu_figures(cfg: Any, parts: Any, seq_len: float, tokens_per_s_total: float) -> dict[str, Any]:

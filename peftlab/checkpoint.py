@@ -116,7 +116,13 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         int(manifest["step"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{manifest_path}: unreadable ({type(error).__name__}: {error})") from None
-    if not isinstance(files, dict) or set(files) != {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE}:
+    if manifest.get("layout") == "sharded":  # written by several ranks (peftlab.distributed)
+        from peftlab.distributed import sharded_files_problem
+
+        problem = sharded_files_problem(files) if isinstance(files, dict) else "field 'files' is no object"
+        if problem:
+            raise CheckpointError(f"{manifest_path}: {problem}")
+    elif not isinstance(files, dict) or set(files) != {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE}:
         raise CheckpointError(
             f"{manifest_path}: field 'files' must list {MODEL_FILE}, {OPTIMIZER_FILE}, {STATE_FILE}"
         )
@@ -160,7 +166,14 @@ def load_checkpoint(
     Every file is read and checked before anything is restored, so a bad checkpoint changes nothing.
     """
     path = Path(path)
-    verify_checkpoint(path)
+    if verify_checkpoint(path).get("layout") == "sharded":
+        from peftlab.distributed import load_sharded_checkpoint
+
+        return load_sharded_checkpoint(path, model, optimizer, scheduler, scaler, restore_rng)
+    if optimizer is not None:  # resuming: the data position counts batches of one process
+        from peftlab.distributed import check_resume_world_size
+
+        check_resume_world_size(path, 1)
     weights = _read_tensors(path / MODEL_FILE)
     state = _read_state(path / STATE_FILE)
     optimizer_tensors = _read_tensors(path / OPTIMIZER_FILE) if optimizer is not None else {}

@@ -14,11 +14,13 @@ run that fails still writes its ``result.json``, then exits with the error.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -36,8 +38,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.bench import BenchSettings, check_bench_settings
+from peftlab.distributed import is_main_process
 from peftlab.report import run_label
 from peftlab.run_config import RunConfig
+from peftlab.run_dir import claim_run_dir
 
 VERSION_BASE = "1.3"
 # The repository's configs/ folder (an editable install runs from the checkout). Absolute, because Hydra
@@ -48,6 +52,8 @@ RESULT_FILE = "result.json"
 RESULT_SCHEMA = "peftlab.result/1"
 BENCH_ONLY_METHODS = ("peft_lora",)
 STATUS_OK, STATUS_OOM, STATUS_FAILED = "ok", "oom", "failed"
+# What a single run reports in one line (the user can act on the message); anything else keeps its traceback.
+USER_ERRORS = (ValueError, FileExistsError, FloatingPointError)
 
 
 @dataclass
@@ -199,10 +205,34 @@ def _open_sinks(
 def run_job(
     cfg: DictConfig, mode: str, runner: Callable[[ExperimentConfig, list[Any]], dict[str, Any]]
 ) -> float | None:
-    """Run one job (``mode`` is train or bench) and write its ``result.json``; failures are recorded there."""
-    settings: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    check_settings(settings, mode)
-    context = job_context(settings)
+    """Run one job (``mode`` is train or bench) and write its ``result.json``; failures are recorded there.
+
+    The job holds its folder's lock (``peftlab.run_dir``) from the check for an earlier result to the
+    writing of its own. A single run that fails on input the user can fix (a ``ValueError`` such as a bad
+    setting, data error or busy folder; an existing result; a non-finite loss) ends with one line,
+    ``peftlab <mode>: error: ...``, and exit status 1 instead of a traceback.
+    """
+    try:
+        settings: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        check_settings(settings, mode)
+        context = job_context(settings)
+        claim = claim_run_dir(context.output_dir) if is_main_process() else contextlib.nullcontext()
+        with claim:
+            return _run_claimed_job(cfg, mode, runner, settings, context)
+    except USER_ERRORS as error:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"peftlab {mode}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _run_claimed_job(
+    cfg: DictConfig,
+    mode: str,
+    runner: Callable[[ExperimentConfig, list[Any]], dict[str, Any]],
+    settings: ExperimentConfig,
+    context: JobContext,
+) -> float | None:
     result_path = context.output_dir / RESULT_FILE
     if result_path.exists() and not settings.train.resume:
         raise FileExistsError(
@@ -211,7 +241,9 @@ def run_job(
         )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     context.output_dir.mkdir(parents=True, exist_ok=True)
-    sinks, notes = _open_sinks(settings, context, resolved)
+    # under torchrun / SLURM tasks only rank 0 writes result.json and logs to W&B
+    main_rank = is_main_process()
+    sinks, notes = _open_sinks(settings, context, resolved) if main_rank else ([], [])
     started = time.time()
     status, error, details, metrics = STATUS_OK, None, None, {}
     failure: BaseException | None = None
@@ -240,8 +272,9 @@ def run_job(
         "system": system_info(),
         "config": resolved,
     }
-    write_json_atomic(result_path, result)
-    if settings.logger.console:
+    if main_rank:
+        write_json_atomic(result_path, result)
+    if settings.logger.console and main_rank:
         print_outcome(result, result_path)
     for sink in sinks:
         sink.log_summary({"status": status, **metrics})
@@ -326,6 +359,8 @@ def train_runner(settings: ExperimentConfig, sinks: list[Any]) -> dict[str, Any]
     memory = PeakMemory(resolve_device(settings.train.device))
     memory.reset()
     summary = train(settings, sinks=[_KeepOpen(sink) for sink in sinks])
+    if not is_main_process():  # rank 0 reads the events and writes the result
+        return summary
     events = read_events(Path(settings.output_dir) / EVENTS_FILE)
     return {**memory.read(), **step_figures(events), **summary}
 

@@ -51,14 +51,14 @@ def classification_terms(logits: torch.Tensor, labels: torch.Tensor) -> LossTerm
     """Cross-entropy (summed, in fp32) and accuracy of per-sequence class logits ``(B, num_labels)``."""
     logits = logits.float()
     labels = labels.to(logits.device)
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-    return LossTerms(loss_sum, int((logits.argmax(-1) == labels).sum()), int(labels.numel()))
+    loss_sum = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return LossTerms(loss_sum, int((logits.argmax(-1) == labels).sum()), int((labels != IGNORE_INDEX).sum()))
 
 
 def count_targets(labels: torch.Tensor) -> int:
     """How many predictions a batch's loss averages over: label positions after the shift, or sequences."""
-    if labels.dim() == 1:
-        return int(labels.numel())
+    if labels.dim() == 1:  # sequence labels; IGNORE_INDEX marks a placeholder row (peftlab.distributed)
+        return int((labels != IGNORE_INDEX).sum())
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 

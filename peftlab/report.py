@@ -55,6 +55,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("peak_mem_gib", "peak memory (GiB)", 3, True),
     Column("tokens_per_s", "tokens/s", 1, True),
     Column("step_time_ms_p50", "step time p50 (ms)", 1, True),
+    Column("world_size", "ranks", 0, False),  # processes (GPUs) per run: train.strategy ddp / fsdp
     Column("trainable_pct", "trainable %", 4, False),
     Column("final_valid_loss", "valid loss", 4, False),
     Column("token_accuracy", "token accuracy", 4, False),
@@ -366,6 +367,8 @@ def render_markdown(sweep_dir: Path, groups: Sequence[GroupSummary], runs: Seque
         "in a training batch; each result.json also has `tokens_per_s_total` (padding included) and",
         "`tokens_per_s_trained` (positions the loss is taken over). Virtual tokens are not counted.",
         "Step time is the median over the timed steps; warm-up steps are not counted.",
+        "Runs on several ranks (`ranks` > 1) report memory per GPU (the largest rank's peak; every rank's is",
+        "in `peak_mem_gib_per_rank`) and global tokens/s (all ranks together).",
     ]
     unfinished = [run for run in runs if not run.ok]
     if unfinished:

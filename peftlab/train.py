@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from peftlab import distributed
 from peftlab.builder import ADAPTER_DIR, build_for_run, build_tokenizer
 from peftlab.checkpoint import (
     CHECKPOINTS_DIR,
@@ -60,8 +61,10 @@ from peftlab.methods import PeftLabModel
 from peftlab.metrics import LossTerms, causal_lm_terms, classification_terms, count_targets
 from peftlab.run_config import RunConfig, resolve_path, save_resolved_config
 from peftlab.run_dir import claim_run_dir
+from peftlab.scoring import multiple_choice_accuracy
 
 SUMMARY_FILE = "summary.json"
+TASK_LABELS_FILE = "labels.json"  # beside a peftlab.sources export: the class names of a task
 # What marks a folder as holding an earlier run's results (Hydra's own files do not count).
 RESULT_NAMES = (EVENTS_FILE, SUMMARY_FILE, ADAPTER_DIR, CHECKPOINTS_DIR)
 CLASSIFICATION_TASK = "sequence_classification"
@@ -89,6 +92,8 @@ class RunParts:
     scaler: torch.amp.GradScaler | None  # fp16 only
     steps_per_epoch: int
     total_steps: int
+    context: distributed.DistributedContext = distributed.SINGLE_PROCESS  # this rank among the launch's
+    engine: torch.nn.Module | None = None  # what the step forwards through (a DDP wrapper); None: ``model``
 
     @property
     def is_classification(self) -> bool:
@@ -121,18 +126,22 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunParts:
     """
     _check_train_settings(cfg)
     device = resolve_device(cfg.train.device)
+    context = distributed.init_distributed(cfg.train.strategy, device)
+    device = context.device(device)
     autocast_dtype = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.model)
     # the data first: a bad file fails in seconds, before a large model loads
     data = load_data(cfg.data, tokenizer, cfg.model.task, cfg.model.num_labels)
-    model, _ = build_for_run(cfg, Path(run_dir) if run_dir is not None else None, tokenizer)
+    writes = run_dir is not None and context.is_main  # rank 0 saves the tokenizer and base weights
+    model, _ = build_for_run(cfg, Path(run_dir) if writes else None, tokenizer)
     if cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    train_loader = make_loader(data.train.examples, cfg, tokenizer, shuffle=True)
-    valid_loader = make_loader(data.valid.examples, cfg, tokenizer, shuffle=False) if data.valid else None
+    train_loader = make_loader(data.train.examples, cfg, tokenizer, shuffle=True, context=context)
+    valid_loader = make_loader(data.valid.examples, cfg, tokenizer, False, context) if data.valid else None
     model.to(device)
     model.train()
+    engine = distributed.wrap_model(model, context, device)  # before the optimiser: FSDP swaps in shards
     optimizer = torch.optim.AdamW(
         model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
@@ -154,26 +163,35 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunParts:
         scaler,
         steps_per_epoch,
         total_steps,
+        context,
+        engine,
     )
 
 
 def make_loader(
-    examples: Sequence[Any], cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, shuffle: bool
+    examples: Sequence[Any],
+    cfg: RunConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    shuffle: bool,
+    context: distributed.DistributedContext = distributed.SINGLE_PROCESS,
 ) -> BatchLoader:
-    """Batches of padded examples, or of packed rows when ``data.packing`` is on."""
+    """Batches of padded examples, or of packed rows when ``data.packing`` is on.
+
+    Under several ranks each batch is a global one (``batch_size × world_size`` examples, in the
+    single-process order) of which this rank collates its own share.
+    """
     pad_id = int(tokenizer.pad_token_id)
+    batch_size = cfg.train.batch_size * context.world_size
     if cfg.data.packing:
         if cfg.method.name in ("prompt_tuning", "prefix_tuning"):
             raise ValueError(
                 "data.packing works with method lora or full (virtual tokens would cross examples)"
             )
         rows = pack(examples, cfg.data.max_length)
-        return BatchLoader(
-            rows, cfg.train.batch_size, lambda items: collate_packed(items, pad_id), shuffle, cfg.seed
-        )
-    return BatchLoader(
-        examples, cfg.train.batch_size, lambda items: collate(items, pad_id), shuffle, cfg.seed
-    )
+        collate_rows = distributed.rank_collate(lambda items: collate_packed(items, pad_id), context)
+        return BatchLoader(rows, batch_size, collate_rows, shuffle, cfg.seed)
+    collate_examples = distributed.rank_collate(lambda items: collate(items, pad_id), context)
+    return BatchLoader(examples, batch_size, collate_examples, shuffle, cfg.seed)
 
 
 def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -241,15 +259,22 @@ def train_step(parts: RunParts, batch: Batch | Sequence[Batch]) -> StepStats:
     micro_batches = [batch] if isinstance(batch, dict) else list(batch)
     started = time.perf_counter()
     parts.model.train()
-    targets = sum(count_targets(b["labels"]) for b in micro_batches)
+    # the loss is the mean over the targets of every rank's micro-batches; DDP/FSDP average the
+    # gradients over the ranks, so each rank scales its summed loss by world_size / global targets
+    (targets,) = distributed.all_reduce_sum([sum(count_targets(b["labels"]) for b in micro_batches)])
+    targets = int(targets)
+    scale = distributed.loss_scale(parts.context)
     loss_sum, correct, tokens = 0.0, 0, 0
-    for micro in micro_batches:
-        terms = _forward(parts, micro)
-        scaled = terms.loss_sum / max(targets, 1)
-        (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
+    for index, micro in enumerate(micro_batches):
+        with distributed.gradient_sync(parts.engine, index == len(micro_batches) - 1):
+            terms = _forward(parts, micro)
+            scaled = terms.loss_sum * scale / max(targets, 1)
+            (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
         loss_sum += float(terms.loss_sum.detach())
         correct += terms.correct
         tokens += count_tokens(micro)
+    loss_sum, correct, tokens = distributed.all_reduce_sum([loss_sum, correct, tokens])
+    correct, tokens = int(correct), int(tokens)
     loss = loss_sum / max(targets, 1)
     lr = parts.optimizer.param_groups[0]["lr"]
     if parts.scaler is not None:
@@ -284,8 +309,9 @@ def _forward(parts: RunParts, batch: Batch) -> LossTerms:
     }
     if not parts.is_classification:
         inputs["use_cache"] = False  # no KV cache in training (and packed batches need it off)
+    module = parts.engine if parts.engine is not None else parts.model
     with _autocast(parts):
-        logits = parts.model(**inputs).logits
+        logits = module(**inputs).logits
     if parts.is_classification:
         return classification_terms(logits, batch["labels"])
     return causal_lm_terms(logits, batch["labels"])
@@ -303,7 +329,7 @@ def _clip_gradients(parts: RunParts) -> float:
     max_norm = parts.cfg.train.max_grad_norm if parts.cfg.train.max_grad_norm > 0 else math.inf
     if not parameters:
         return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    return distributed.clip_grad_norm(parameters, max_norm)  # over all shards under FSDP
 
 
 # --- 3. evaluation ---------------------------------------------------------------------------------
@@ -322,6 +348,7 @@ def evaluate(parts: RunParts, loader: BatchLoader | None = None) -> dict[str, fl
         loss_sum += float(terms.loss_sum)
         correct += terms.correct
         count += terms.count
+    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum, correct, count])
     parts.model.train()
     accuracy_key = "valid_accuracy" if parts.is_classification else "valid_mean_token_accuracy"
     return {"valid_loss": loss_sum / max(count, 1), accuracy_key: correct / max(count, 1)}
@@ -342,18 +369,27 @@ def train(cfg: RunConfig, sinks: Sequence[EventSink] | None = None) -> dict[str,
     ``method``, ``output_dir`` (and ``token_accuracy`` / ``task_accuracy``, the sweep report's names).
     """
     started = time.perf_counter()
-    run_dir = Path(cfg.output_dir)
-    with claim_run_dir(run_dir):
+    context = distributed.init_distributed(cfg.train.strategy, resolve_device(cfg.train.device))
+    # ranks launched through Hydra may each have named their own timestamped folder: all use rank 0's
+    run_dir = Path(distributed.broadcast_object(str(Path(cfg.output_dir).resolve())))
+    cfg = replace(cfg, output_dir=str(run_dir))
+    # rank 0 alone holds the folder's lock and writes events, results and W&B (the `sinks`)
+    with claim_run_dir(run_dir) if context.is_main else contextlib.nullcontext(run_dir):
         check_run_folder(run_dir, cfg.train.resume)
+        distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
         cfg = with_resolved_paths(cfg)
         parts = prepare_run(cfg, run_dir=run_dir)
         progress = _resume(parts, run_dir) if cfg.train.resume else Progress()
-        rewind_events(run_dir / EVENTS_FILE, progress.step)
-        save_resolved_config(cfg, run_dir)
+        if context.is_main:
+            rewind_events(run_dir / EVENTS_FILE, progress.step)
+            save_resolved_config(cfg, run_dir)
+        distributed.barrier()
         history = read_events(run_dir / EVENTS_FILE) if progress.step else []
-        own_sinks: list[EventSink] = [JsonlSink(run_dir / EVENTS_FILE)]
-        if cfg.logger.console:
+        own_sinks: list[EventSink] = [JsonlSink(run_dir / EVENTS_FILE)] if context.is_main else []
+        if cfg.logger.console and context.is_main:
             own_sinks.append(ConsoleSink(parts.total_steps, progress.step))
+        sinks = sinks if context.is_main else []
+        save = distributed.save_sharded_checkpoint if context.is_distributed else save_checkpoint
         try:
             for micro_batches, next_epoch, next_batch in step_batches(parts, progress):
                 stats = train_step(parts, micro_batches)
@@ -368,15 +404,15 @@ def train(cfg: RunConfig, sinks: Sequence[EventSink] | None = None) -> dict[str,
                 # after the event is written: a checkpoint never exists without its step's event
                 if _due(progress.step, cfg.train.checkpoint_every, parts.total_steps):
                     keep = cfg.train.keep_checkpoints
-                    save_checkpoint(
-                        run_dir, parts.model, parts.optimizer, parts.scheduler, progress, parts.scaler, keep
-                    )
+                    save(run_dir, parts.model, parts.optimizer, parts.scheduler, progress, parts.scaler, keep)
         finally:
             for sink in own_sinks:
                 sink.close()
-        parts.model.save_adapter(run_dir / ADAPTER_DIR)
+        # FSDP: every rank gathers the shards, then rank 0 writes the same file one process would
+        with distributed.full_trainable_parameters(parts.model):
+            distributed.run_on_main(lambda: parts.model.save_adapter(run_dir / ADAPTER_DIR))
         summary = summarize(parts, progress, history, time.perf_counter() - started)
-        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        distributed.run_on_main(lambda: write_json_atomic(run_dir / SUMMARY_FILE, summary))
         return summary
 
 
@@ -444,13 +480,51 @@ def summarize(
         accuracy_key: accuracy,
         # the names the sweep report reads
         "token_accuracy": None if parts.is_classification else accuracy,
-        "task_accuracy": accuracy if parts.is_classification else None,
+        "task_accuracy": accuracy if parts.is_classification else decoder_task_accuracy(parts),
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total if total else 0.0,
         "skipped_nonfinite_steps": sum(1 for e in history if e.get("skipped_nonfinite")),
+        "world_size": parts.context.world_size,
     }
     return summary
+
+
+def decoder_task_accuracy(parts: RunParts) -> float | None:
+    """Multiple-choice log-likelihood accuracy of a causal LM on ``data.valid_file``: every class name is
+    scored as the completion of each prompt and the most likely one is the prediction.
+
+    Applies when the file is a completion export of ``peftlab.sources`` (a ``labels.json`` beside it lists
+    the classes); None otherwise, and in multi-process runs.
+    """
+    valid_file = parts.cfg.data.valid_file
+    if parts.is_classification or not valid_file or parts.context.world_size != 1:
+        return None
+    labels_file = Path(valid_file).parent / TASK_LABELS_FILE
+    if not labels_file.is_file():
+        return None
+    label_names = json.loads(labels_file.read_text(encoding="utf-8")).get("label_names") or []
+    contexts, choices, labels = [], [], []
+    for number, line in enumerate(Path(valid_file).read_text(encoding="utf-8").splitlines(), start=1):
+        record = json.loads(line) if line.strip() else {}
+        if not label_names or "prompt" not in record:
+            continue
+        completion = str(record.get("completion", ""))
+        if completion.strip() not in label_names:
+            raise ValueError(
+                f"{valid_file}, line {number}: completion {completion!r} is none of the classes "
+                f"{label_names} that {labels_file} lists"
+            )
+        separator = completion[: len(completion) - len(completion.lstrip())]
+        contexts.append(record["prompt"])
+        choices.append([separator + name for name in label_names])
+        labels.append(label_names.index(completion.strip()))
+    if not contexts:
+        return None
+    result = multiple_choice_accuracy(
+        parts.model, parts.tokenizer, contexts, choices, labels, batch_size=parts.cfg.train.batch_size
+    )
+    return result.accuracy
 
 
 def _finite_number(value: Any) -> bool:
@@ -518,10 +592,33 @@ def _check_train_settings(cfg: RunConfig) -> None:
     ):
         if value < minimum:
             raise ValueError(f"train.{name} is {value}; it must be at least {minimum}")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ValueError(f"train.lr is {t.lr}; it must be a positive number")
+    if not t.weight_decay >= 0:
+        raise ValueError(f"train.weight_decay is {t.weight_decay}; it must be at least 0")
+    _check_method_settings(cfg)
+    distributed.check_strategy(t.strategy)
+    if t.strategy == "fsdp" and t.precision == "fp16":
+        raise ValueError("train.precision=fp16 (loss scaling) needs train.strategy none or ddp; use bf16")
     if t.max_steps <= 0 and t.epochs < 1:
         raise ValueError(
             f"train.epochs is {t.epochs} and train.max_steps is {t.max_steps}; set one of them above 0"
         )
+
+
+def _check_method_settings(cfg: RunConfig) -> None:
+    """The method's sizes, named as the run config names them, before any model loads."""
+    m = cfg.method
+    if m.name == "lora" and m.r < 1:
+        raise ValueError(f"method.r is {m.r}; the LoRA rank must be at least 1")
+    if m.name in ("prompt_tuning", "prefix_tuning"):
+        if m.num_virtual_tokens < 1:
+            raise ValueError(f"method.num_virtual_tokens is {m.num_virtual_tokens}; it must be at least 1")
+        if m.num_virtual_tokens > cfg.data.max_length:
+            raise ValueError(
+                f"method.num_virtual_tokens is {m.num_virtual_tokens}, more than data.max_length "
+                f"({cfg.data.max_length}); use fewer virtual tokens"
+            )
 
 
 __all__ = [
