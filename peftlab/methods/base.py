@@ -156,6 +156,10 @@ class PeftLabModel(nn.Module):
         """Delegate to the base model (some ``transformers`` utilities look for it on the wrapper)."""
         return self.base_model.prepare_inputs_for_generation(*args, **kwargs)
 
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Turn on the base model's activation (gradient) checkpointing."""
+        self.base_model.activation_checkpointing_enable(**kwargs)
+
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        """Turn on the base model's gradient checkpointing."""
-        self.base_model.gradient_checkpointing_enable(**kwargs)
+        """Alias of ``activation_checkpointing_enable`` under the older ``transformers`` name."""
+        self.activation_checkpointing_enable(**kwargs)
