@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from peftlab.errors import AdapterError
+from peftlab.safety import check_adapter_fields, parse_config_text, pickle_weights_message
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -42,14 +43,10 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise AdapterError(f"{directory}: adapter directory does not exist")
     if not path.is_file():
         raise AdapterError(f"{path}: missing (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AdapterError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(fields, dict):
-        raise AdapterError(f"{path}: expected a JSON object, got {type(fields).__name__}")
+    fields = parse_config_text(path)  # size-capped; deep nesting is an error, not a crash
     if "peft_type" not in fields:
         raise AdapterError(f"{path}: field 'peft_type' is missing")
+    check_adapter_fields(fields, str(path))  # absurd sizes, path-like names: refused before anything is built
     return fields
 
 
@@ -57,11 +54,13 @@ def read_adapter_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
     """Load ``adapter_model.safetensors`` in ``directory`` (never pickle)."""
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
-        raise AdapterError(f"{path}: missing (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        refusal = pickle_weights_message(Path(directory), WEIGHTS_NAME)
+        raise AdapterError(refusal or f"{path}: missing (an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise AdapterError(f"{path}: cannot read tensors, the file is truncated or not safetensors ({error})") from None
+        reason = " ".join(str(error).split())
+        raise AdapterError(f"{path}: cannot read tensors, the file is truncated or not safetensors ({reason})") from None
 
 
 def field(fields: dict[str, Any], name: str, kind: type | tuple[type, ...], source: str, default: Any = ...) -> Any:

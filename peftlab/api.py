@@ -10,6 +10,7 @@ from torch import nn
 from peftlab.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, read_adapter_tensors
 from peftlab.methods import FullFinetune, method_for_config, method_for_peft_type
 from peftlab.methods.base import PeftLabModel
+from peftlab.safety import check_sizes_match_tensors
 
 
 def apply(model: nn.Module, config: Any) -> PeftLabModel:
@@ -43,6 +44,7 @@ def load_adapter(model: nn.Module, directory: str | Path, trainable: bool = Fals
     else:
         state = read_adapter_tensors(directory)
         weights_source = str(directory / WEIGHTS_NAME)
+        check_sizes_match_tensors(fields, state, source)  # what attach allocates is bounded by the file
     # Validate the files against a model that has not been changed yet, then attach and copy.
     method.attach(model)
     try:

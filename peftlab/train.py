@@ -500,31 +500,39 @@ def decoder_task_accuracy(parts: RunParts) -> float | None:
     valid_file = parts.cfg.data.valid_file
     if parts.is_classification or not valid_file or parts.context.world_size != 1:
         return None
-    labels_file = Path(valid_file).parent / TASK_LABELS_FILE
+    questions = multiple_choice_questions(Path(valid_file))
+    if questions is None:
+        return None
+    contexts, choices, labels = questions
+    result = multiple_choice_accuracy(
+        parts.model, parts.tokenizer, contexts, choices, labels, batch_size=parts.cfg.train.batch_size
+    )
+    return result.accuracy
+
+
+def multiple_choice_questions(path: Path) -> tuple[list[str], list[list[str]], list[int]] | None:
+    """``(prompts, choices, labels)`` of a completion JSONL file whose ``labels.json`` names the classes
+    (each choice is a class name with the completions' leading whitespace); None without a class list."""
+    labels_file = path.parent / TASK_LABELS_FILE
     if not labels_file.is_file():
         return None
     label_names = json.loads(labels_file.read_text(encoding="utf-8")).get("label_names") or []
     contexts, choices, labels = [], [], []
-    for number, line in enumerate(Path(valid_file).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         record = json.loads(line) if line.strip() else {}
         if not label_names or "prompt" not in record:
             continue
         completion = str(record.get("completion", ""))
         if completion.strip() not in label_names:
             raise ValueError(
-                f"{valid_file}, line {number}: completion {completion!r} is none of the classes "
+                f"{path}, line {number}: completion {completion!r} is none of the classes "
                 f"{label_names} that {labels_file} lists"
             )
         separator = completion[: len(completion) - len(completion.lstrip())]
         contexts.append(record["prompt"])
         choices.append([separator + name for name in label_names])
         labels.append(label_names.index(completion.strip()))
-    if not contexts:
-        return None
-    result = multiple_choice_accuracy(
-        parts.model, parts.tokenizer, contexts, choices, labels, batch_size=parts.cfg.train.batch_size
-    )
-    return result.accuracy
+    return (contexts, choices, labels) if contexts else None
 
 
 def _finite_number(value: Any) -> bool:
@@ -592,8 +600,8 @@ def _check_train_settings(cfg: RunConfig) -> None:
     ):
         if value < minimum:
             raise ValueError(f"train.{name} is {value}; it must be at least {minimum}")
-    if not (math.isfinite(t.lr) and t.lr > 0):
-        raise ValueError(f"train.lr is {t.lr}; it must be a positive number")
+    if not (math.isfinite(t.lr) and t.lr >= 0):  # 0 is allowed: it measures a model without changing it
+        raise ValueError(f"train.lr is {t.lr}; it must be a finite number, 0 or more")
     if not t.weight_decay >= 0:
         raise ValueError(f"train.weight_decay is {t.weight_decay}; it must be at least 0")
     _check_method_settings(cfg)

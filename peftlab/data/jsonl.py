@@ -61,6 +61,8 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None]:
             None,
             f"not valid UTF-8 (byte 0x{byte:02x} at column {error.start + 1}); save the file as UTF-8",
         )
+    if "\x00" in text:  # never valid in JSON text; the tell-tale of UTF-16 / UTF-32
+        return None, "not JSON: the line holds NUL bytes, so the file is probably UTF-16 or UTF-32; save it as UTF-8"
     try:
         return json.loads(text), None
     except RecursionError:

@@ -20,6 +20,7 @@ from torch import nn
 from peftlab.adapters import CONFIG_NAME
 from peftlab.errors import AdapterError
 from peftlab.methods.base import Method
+from peftlab.safety import member_file
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -93,9 +94,12 @@ class FullFinetune(Method):
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise AdapterError(f"{index}: field 'weight_map' unreadable ({error})") from None
-            files = [directory / name for name in sorted(set(weight_map.values()))]
+            except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as error:
+                raise AdapterError(f"{index}: field 'weight_map' unreadable ({type(error).__name__}: {error})") from None
+            if not isinstance(weight_map, dict):
+                raise AdapterError(f"{index}: field 'weight_map' must map tensor names to file names")
+            # shard names come from the file: each must be a plain name inside this folder
+            files = sorted({member_file(directory, name, str(index), "weight_map") for name in weight_map.values()})
         state: dict[str, torch.Tensor] = {}
         for path in files:
             if not path.is_file():
