@@ -1,37 +1,31 @@
-"""LoRA compute kernels: a pure-PyTorch reference and fused Triton kernels (installed as ``peftlab.kernels``).
+"""LoRA compute kernels: fused Triton kernels and their pure-PyTorch reference (installed as ``peftlab.kernels``).
 
 ``lora_linear`` is the single entry point the LoRA layers call:
-``Y = X·Wᵀ (+ bias) + scaling · dropout(X)·Aᵀ·Bᵀ`` with ``W`` frozen.
+``Y = X·Wᵀ (+ bias) + scaling · dropout(X)·Aᵀ·Bᵀ`` with ``W`` frozen; ``backend`` ("auto", "triton",
+"torch") picks the implementation (see ``dispatch.py``). ``lora_linear_shared_input`` runs several
+adapted layers that read the same input (q/k/v, gate/up) in one fused launch.
+
+Triton is imported only when a Triton path runs, so ``import peftlab.kernels`` stays cheap and works
+where Triton is not installed.
 """
 
-from __future__ import annotations
+from .dispatch import (
+    KERNEL_BACKENDS,
+    MAX_SHARED_INPUT_LAYERS,
+    lora_linear,
+    lora_linear_shared_input,
+    triton_unsupported_reason,
+    validate_backend,
+)
+from .reference import lora_linear_reference, lora_linear_shared_input_reference
 
-import torch
-import torch.nn.functional as F
-
-
-def lora_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    lora_A: torch.Tensor,
-    lora_B: torch.Tensor,
-    scaling: float,
-    dropout_p: float = 0.0,
-    training: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """LoRA linear. ``weight`` is (out, in) (any strides), ``lora_A`` (r, in), ``lora_B`` (out, r).
-
-    The adapter branch runs in the adapter's dtype (fp32) and the sum is returned in ``x``'s dtype,
-    as Hugging Face PEFT does.
-    """
-    result = F.linear(x, weight, bias)
-    adapter_input = x.to(lora_A.dtype)
-    if dropout_p > 0.0 and training:
-        adapter_input = F.dropout(adapter_input, p=dropout_p, training=True)
-    update = F.linear(F.linear(adapter_input, lora_A), lora_B) * scaling
-    return (result + update).to(result.dtype)
-
-
-__all__ = ["lora_linear"]
+__all__ = [
+    "KERNEL_BACKENDS",
+    "MAX_SHARED_INPUT_LAYERS",
+    "lora_linear",
+    "lora_linear_reference",
+    "lora_linear_shared_input",
+    "lora_linear_shared_input_reference",
+    "triton_unsupported_reason",
+    "validate_backend",
+]
