@@ -7,8 +7,6 @@ Reading never unpickles: tensors come from safetensors only. Every problem is re
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from peftlab.atomic import write_atomic, write_text_atomic
 from peftlab.errors import AdapterError
 from peftlab.safety import check_adapter_fields, parse_config_text, pickle_weights_message
 
@@ -31,9 +30,9 @@ def write_adapter(directory: Path, config: dict[str, Any], tensors: dict[str, to
     """
     directory.mkdir(parents=True, exist_ok=True)
     contiguous = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(contiguous, str(path), metadata={"format": "pt"}))
+    write_atomic(directory / WEIGHTS_NAME, lambda path: save_file(contiguous, path, metadata={"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text, encoding="utf-8"))
+    write_text_atomic(directory / CONFIG_NAME, text)
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
@@ -77,13 +76,3 @@ def field(fields: dict[str, Any], name: str, kind: type | tuple[type, ...], sour
         raise AdapterError(f"{source}: field '{name}' must be {expected}, got {value!r}")
     return value
 
-
-def _atomic_write(final_path: Path, write: Any) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
-    os.close(handle)
-    try:
-        write(temp_name)
-        os.replace(temp_name, final_path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.atomic import write_json_atomic
 from peftlab.bench import BenchSettings, check_bench_settings
 from peftlab.distributed import is_main_process
 from peftlab.report import run_label
@@ -145,20 +144,6 @@ def system_info() -> dict[str, Any]:
     except ImportError:
         info["triton"] = None
     return info
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(value: Any) -> Any:
@@ -273,7 +258,7 @@ def _run_claimed_job(
         "config": resolved,
     }
     if main_rank:
-        write_json_atomic(result_path, result)
+        write_json_atomic(result_path, result, default=_json_default)
     if settings.logger.console and main_rank:
         print_outcome(result, result_path)
     for sink in sinks:

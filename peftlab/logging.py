@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from peftlab.atomic import write_text_atomic
 
 EVENTS_FILE = "events.jsonl"
 
@@ -122,9 +123,7 @@ def rewind_events(path: str | Path, step: int) -> None:
             continue
         if isinstance(event, dict) and isinstance(event.get("step"), int) and event["step"] <= step:
             kept.append(line + "\n")
-    temp = path.with_name(f".{path.name}.rewind")
-    temp.write_text("".join(kept), encoding="utf-8")
-    os.replace(temp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 def _finite(event: dict[str, Any]) -> dict[str, Any]:

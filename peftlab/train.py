@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -37,6 +36,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from peftlab import distributed
+from peftlab.atomic import write_json_atomic
 from peftlab.builder import ADAPTER_DIR, build_for_run, build_tokenizer
 from peftlab.checkpoint import (
     CHECKPOINTS_DIR,
@@ -537,13 +537,6 @@ def multiple_choice_questions(path: Path) -> tuple[list[str], list[list[str]], l
 
 def _finite_number(value: Any) -> bool:
     return isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary name beside ``path``, then rename it into place."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temp, path)
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:

@@ -9,11 +9,10 @@ temporary name first and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from peftlab.atomic import write_text_atomic
 from peftlab.sources.assets import AssetError
 from peftlab.sources.registry import load_task
 from peftlab.sources.task import SPLITS, Task, chat_record, classification_record, completion_record
@@ -71,7 +70,7 @@ def export_task(
     written: dict[str, Path] = {}
     for split in SPLITS:
         if records[split]:
-            _write_atomically(
+            write_text_atomic(
                 targets[split], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[split])
             )
             written[split] = targets[split]
@@ -85,16 +84,7 @@ def export_task(
         "files": {split: path.name for split, path in written.items()},
     }
     written["labels"] = out_dir / LABELS_FILE
-    _write_atomically(written["labels"], json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(written["labels"], json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return written
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
