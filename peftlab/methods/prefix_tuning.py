@@ -52,10 +52,10 @@ from peftlab.methods.prompt_learning import (
     SavedModules,
     check_num_virtual_tokens,
     check_single_stack,
-    check_submodules_field,
     config_dims,
     modules_to_save_from_fields,
     normalize_task_type,
+    read_common_fields,
 )
 
 OWNER = "PrefixTuningConfig"
@@ -232,15 +232,7 @@ class PrefixTuning(Method):
     @classmethod
     def config_from_adapter_config(cls, fields: dict[str, Any], source: str) -> PrefixTuningConfig:
         """The config of a saved adapter (always ``inference_mode``: the flat table, no MLP)."""
-        check_submodules_field(fields, source)
-        num_virtual_tokens = field(fields, "num_virtual_tokens", int, source)
-        if num_virtual_tokens <= 0:
-            raise AdapterError(f"{source}: field 'num_virtual_tokens' must be positive, got {num_virtual_tokens}")
-        task_type = field(fields, "task_type", str, source, default="CAUSAL_LM")
-        try:
-            task_type = normalize_task_type(task_type, OWNER)
-        except ValueError:
-            raise AdapterError(f"{source}: field 'task_type' is {task_type!r}; supported: CAUSAL_LM, SEQ_CLS") from None
+        num_virtual_tokens, task_type = read_common_fields(fields, source, OWNER)
         return PrefixTuningConfig(
             num_virtual_tokens=num_virtual_tokens,
             prefix_projection=field(fields, "prefix_projection", bool, source, default=False),

@@ -80,14 +80,26 @@ def check_single_stack(model: nn.Module, owner: str) -> None:
         )
 
 
-def check_submodules_field(fields: dict[str, Any], source: str) -> None:
-    """An adapter file must describe one transformer stack; raise ``AdapterError`` naming the field otherwise."""
+def read_common_fields(fields: dict[str, Any], source: str, owner: str) -> tuple[int, str]:
+    """``(num_virtual_tokens, task_type)`` of a prompt-learning adapter file, checked field by field.
+
+    The file must also describe one transformer stack; every problem raises ``AdapterError`` naming the field.
+    """
     stacks = field(fields, "num_transformer_submodules", int, source, default=1)
     if stacks != 1:
         raise AdapterError(
             f"{source}: field 'num_transformer_submodules' is {stacks}; only 1 (decoder-only or encoder-only models) "
             "is supported"
         )
+    num_virtual_tokens = field(fields, "num_virtual_tokens", int, source)
+    if num_virtual_tokens <= 0:
+        raise AdapterError(f"{source}: field 'num_virtual_tokens' must be positive, got {num_virtual_tokens}")
+    task_type = field(fields, "task_type", str, source, default="CAUSAL_LM")
+    try:
+        task_type = normalize_task_type(task_type, owner)
+    except ValueError:
+        raise AdapterError(f"{source}: field 'task_type' is {task_type!r}; supported: CAUSAL_LM, SEQ_CLS") from None
+    return num_virtual_tokens, task_type
 
 
 def modules_to_save_from_fields(fields: dict[str, Any], source: str) -> list[str] | None:

@@ -38,10 +38,10 @@ from peftlab.methods.prompt_learning import (
     SavedModules,
     check_num_virtual_tokens,
     check_single_stack,
-    check_submodules_field,
     config_dims,
     modules_to_save_from_fields,
     normalize_task_type,
+    read_common_fields,
 )
 
 OWNER = "PromptTuningConfig"
@@ -269,15 +269,7 @@ class PromptTuning(Method):
     @classmethod
     def config_from_adapter_config(cls, fields: dict[str, Any], source: str) -> PromptTuningConfig:
         """The config of a saved adapter (``inference_mode``: the saved prompt replaces any init)."""
-        check_submodules_field(fields, source)
-        num_virtual_tokens = field(fields, "num_virtual_tokens", int, source)
-        if num_virtual_tokens <= 0:
-            raise AdapterError(f"{source}: field 'num_virtual_tokens' must be positive, got {num_virtual_tokens}")
-        task_type = field(fields, "task_type", str, source, default="CAUSAL_LM")
-        try:
-            task_type = normalize_task_type(task_type, OWNER)
-        except ValueError:
-            raise AdapterError(f"{source}: field 'task_type' is {task_type!r}; supported: CAUSAL_LM, SEQ_CLS") from None
+        num_virtual_tokens, task_type = read_common_fields(fields, source, OWNER)
         init = field(fields, "prompt_tuning_init", str, source, default="RANDOM")
         if init.lower() not in INITS:
             raise AdapterError(f"{source}: field 'prompt_tuning_init' is {init!r}; expected one of RANDOM, SAMPLE_VOCAB, TEXT")
