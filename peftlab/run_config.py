@@ -51,6 +51,7 @@ class MethodSettings:
     bias: str = "none"
     modules_to_save: Any = None
     kernel: str = "auto"  # auto | triton | torch
+    fuse_shared_input: str = "auto"  # auto (with the Triton kernels) | on | off: q/k/v and gate/up read X once
     # prompt / prefix tuning
     num_virtual_tokens: int = 20
     prompt_tuning_init: str = "random"  # random | sample_vocab | text

@@ -26,6 +26,12 @@ import peftlab.kernels as kernels
 from peftlab.adapters import field as config_field
 from peftlab.errors import AdapterError
 from peftlab.methods.base import Method
+from peftlab.methods.lora_shared_input import (
+    FUSE_SHARED_INPUT_MODES,
+    SharedInputGroup,
+    attach_shared_input_groups,
+    detach_shared_input_groups,
+)
 
 __all__ = ["DEFAULT_TARGET_MODULES", "AttachPlan", "LoRA", "LoRAConfig", "LoRALinear", "lora_layers", "plan_attach"]
 
@@ -86,8 +92,11 @@ class LoRAConfig:
     a regex string matched against the full module name, ``"all-linear"`` (every Linear/Conv1D except the
     output head), or None for the architecture's default. ``bias`` sets which existing biases train and are
     saved. ``modules_to_save`` lists whole modules to train and save (for ``"SEQ_CLS"`` the classifier head
-    is added). ``kernel`` picks the ``peftlab.kernels.lora_linear`` backend. ``source`` names the file the
-    config was read from, for error messages only.
+    is added). ``kernel`` picks the ``peftlab.kernels.lora_linear`` backend. ``fuse_shared_input`` runs
+    sibling layers that read the same input (q/k/v, gate/up) as one fused call (``lora_shared_input.py``):
+    ``"auto"`` where the Triton kernels run (``kernel="triton"``, or ``"auto"`` on CUDA), ``"on"`` always,
+    ``"off"`` never; a runtime option, not written to ``adapter_config.json``. ``source`` names the file
+    the config was read from, for error messages only.
     """
 
     r: int = 8
@@ -99,6 +108,7 @@ class LoRAConfig:
     modules_to_save: list[str] | None = None
     task_type: str = "CAUSAL_LM"
     kernel: str = "auto"
+    fuse_shared_input: str = "auto"
     source: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +125,11 @@ class LoRAConfig:
             raise AdapterError(f"{where}: field 'bias' must be one of {', '.join(BIAS_MODES)}, got {self.bias!r}")
         if self.kernel not in KERNELS:
             raise AdapterError(f"{where}: field 'kernel' must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if not isinstance(self.fuse_shared_input, str) or self.fuse_shared_input not in FUSE_SHARED_INPUT_MODES:
+            raise AdapterError(
+                f"{where}: field 'fuse_shared_input' must be one of {', '.join(FUSE_SHARED_INPUT_MODES)} "
+                f"(a string), got {self.fuse_shared_input!r}"
+            )
         if self.task_type not in TASK_TYPES:
             raise AdapterError(f"{where}: field 'task_type' must be one of {', '.join(TASK_TYPES)}, got {self.task_type!r}")
         self.target_modules = _checked_target_modules(self.target_modules, where)
@@ -165,6 +180,7 @@ class LoRALinear(nn.Module):
 
     ``base_layer`` is the original module (frozen, not copied). ``lora_A`` (r, in) and ``lora_B`` (out, r)
     are fp32 whatever the base dtype. Dropout acts on the adapter input only, in training mode only.
+    ``shared_input_group``, set by ``LoRA.attach``, lets siblings that read the same input share one call.
     """
 
     def __init__(self, base_layer: nn.Module, r: int, scaling: float, dropout: float, kernel: str = "auto") -> None:
@@ -179,6 +195,7 @@ class LoRALinear(nn.Module):
         self.dropout = dropout
         self.kernel = kernel
         self.merged = False
+        self.shared_input_group: SharedInputGroup | None = None
         self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.empty(out_features, r, dtype=torch.float32))
         self.reset_parameters()
@@ -219,6 +236,10 @@ class LoRALinear(nn.Module):
         """``base(x) + scaling · dropout(x)·Aᵀ·Bᵀ``; only ``base(x)`` while merged."""
         if self.merged:
             return self.base_layer(x)
+        if self.shared_input_group is not None:
+            fused = self.shared_input_group.output_for(self, x)
+            if fused is not None:
+                return fused
         return kernels.lora_linear(
             x,
             self.weight_out_in(),
@@ -275,6 +296,7 @@ class LoRA(Method):
         super().__init__(config)
         self.plan: AttachPlan | None = None
         self._requires_grad_before: dict[str, bool] = {}
+        self.shared_input_groups: list[SharedInputGroup] = []
 
     # --- attaching --------------------------------------------------------------------------------
 
@@ -293,6 +315,9 @@ class LoRA(Method):
                 layer = LoRALinear(base_layer, self.config.r, self.config.scaling, self.config.dropout, self.config.kernel)
                 _replace_module(model, name, layer)
             self._mark_trainable(model)
+            self.shared_input_groups = attach_shared_input_groups(
+                model, lora_layers(model), self.config.fuse_shared_input
+            )
         except BaseException:
             self.detach_from(model)
             raise
@@ -311,6 +336,8 @@ class LoRA(Method):
 
     def detach_from(self, model: nn.Module) -> None:
         """Put the original modules back (unmerging first) and restore every parameter's ``requires_grad``."""
+        detach_shared_input_groups(self.shared_input_groups)
+        self.shared_input_groups = []
         for name, layer in lora_layers(model).items():
             layer.unmerge()
             _replace_module(model, name, layer.base_layer)
@@ -318,6 +345,25 @@ class LoRA(Method):
             if name in self._requires_grad_before:
                 parameter.requires_grad_(self._requires_grad_before[name])
         self.plan = None
+
+    def forward(self, model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """Run ``model``; then close every shared-input round, so no cached tensor outlives the call."""
+        try:
+            return model(*args, **kwargs)
+        finally:
+            self.release_shared_inputs()
+
+    def generate(self, model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """``model.generate``; then close every shared-input round."""
+        try:
+            return model.generate(*args, **kwargs)
+        finally:
+            self.release_shared_inputs()
+
+    def release_shared_inputs(self) -> None:
+        """Drop the outputs any shared-input group still caches (normally none: rounds close themselves)."""
+        for group in self.shared_input_groups:
+            group.release()
 
     # --- merging ----------------------------------------------------------------------------------
 
