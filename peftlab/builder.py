@@ -65,17 +65,14 @@ METHOD_FOR_PEFT_TYPE = {
 def method_config_class(name: str) -> type:
     """The config dataclass of ``method.name`` (lora | prompt_tuning | prefix_tuning | full)."""
     classes = {
-        "lora": "LoRAConfig",
-        "prompt_tuning": "PromptTuningConfig",
-        "prefix_tuning": "PrefixTuningConfig",
-        "full": "FullFinetuneConfig",
+        "lora": peftlab.LoRAConfig,
+        "prompt_tuning": peftlab.PromptTuningConfig,
+        "prefix_tuning": peftlab.PrefixTuningConfig,
+        "full": peftlab.FullFinetuneConfig,
     }
     if name not in classes:
         raise ValueError(f"method.name is {name!r}; choose one of {', '.join(classes)}")
-    config_class = getattr(peftlab, classes[name], None)
-    if config_class is None:
-        raise ValueError(f"method {name!r} is not available in this installation")
-    return config_class
+    return classes[name]
 
 
 def method_config(settings: MethodSettings, task: str = "causal_lm", tokenizer: Any = None) -> Any:

@@ -68,45 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _delegate(command: str, rest: list[str]) -> int:
     module_name, function_name, takes_argv = DELEGATED[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        if command == "train":
-            return _train_without_hydra(rest)
-        print(
-            f"peftlab {command}: not available in this installation ({module_name} is missing)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+    module = importlib.import_module(module_name)
     function = getattr(module, function_name)
     if takes_argv:
         return int(function(rest) or 0)
     sys.argv = [f"peftlab {command}", *rest]
     function()
-    return EXIT_OK
-
-
-def _train_without_hydra(overrides: list[str]) -> int:
-    """``peftlab train key=value ...`` on ``RunConfig`` (the fallback when the Hydra app is absent)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from peftlab.run_config import RunConfig
-    from peftlab.train import train
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.from_dotlist(overrides))
-        cfg = OmegaConf.to_object(merged)
-        summary = train(cfg)  # type: ignore[arg-type]
-    except (OmegaConfBaseException, ValueError, FileExistsError) as error:
-        print(f"peftlab train: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    print(
-        f"done: {summary['steps']} steps, final train loss {summary['final_train_loss']:.4f}; "
-        f"see {cfg.output_dir}"
-    )
     return EXIT_OK
 
 

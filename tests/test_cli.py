@@ -112,21 +112,3 @@ def test_bad_input_gives_a_message_not_a_traceback(tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert "run_config.json: missing" in err and "Traceback" not in err
     assert main(["frobnicate"]) == 2
-
-
-def test_train_falls_back_to_run_config_overrides_without_the_hydra_app(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    monkeypatch.setitem(sys.modules, "peftlab.hydra_app", None)  # as if the module were not installed
-    data = tmp_path / "train.jsonl"
-    data.write_text(json.dumps({"prompt": "1+1=", "completion": "2"}) + "\n", encoding="utf-8")
-    overrides = [
-        f"data.train_file={data}",
-        "data.valid_file=null",
-        "train.max_steps=2",
-        "logger.console=false",
-    ]
-    assert main(["train", *overrides, f"output_dir={tmp_path / 'run'}"]) == 0
-    assert "done: 2 steps" in capsys.readouterr().out
-    assert main(["train", "train.epochz=3"]) == 1
-    assert "epochz" in capsys.readouterr().err
