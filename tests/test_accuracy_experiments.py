@@ -257,3 +257,37 @@ def test_anchor_table_reports_mean_std_and_gap_from_the_result_files(tmp_path: P
     assert "wall 90.0 / 100.0 (0.9)" in rows["lora"]
     assert "0.790 (seed 0)" in rows["lora"]
     assert "not run" in rows["full"]
+
+
+def test_task_table_shows_the_sweep_the_chosen_rate_and_the_gap_to_full(tmp_path: Path) -> None:
+    task_table = load_script("task_table")
+    rows = [  # (split, method, lr, seed, accuracy)
+        ("valid", "lora", 1e-3, 0, 0.60),
+        ("valid", "lora", 3e-3, 0, 0.70),
+        ("valid", "full", 5e-5, 0, 0.80),
+        ("test", "lora", 3e-3, 0, 0.70),
+        ("test", "lora", 3e-3, 1, 0.74),
+        ("test", "full", 5e-5, 0, 0.75),
+        ("test", "full", 5e-5, 1, 0.75),
+    ]
+    for index, (split, method, lr, seed, value) in enumerate(rows):
+        result = {
+            "status": "ok",
+            "method": method,
+            "seed": seed,
+            "metrics": {"task_accuracy": value},
+            "config": {"train": {"lr": lr}},
+        }
+        write_jsonl(tmp_path / split / str(index) / "unused.jsonl", [])
+        (tmp_path / split / str(index) / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    baseline = tmp_path / "zero_shot.json"
+    baseline.write_text(json.dumps({"accuracy": 0.5}), encoding="utf-8")
+    text = task_table.table(tmp_path, [task_table.parse_baseline(f"untuned={baseline}")])
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
+    assert "0.001: 0.600, 0.003: 0.700" in lines["lora"]
+    assert "| 0.003 |" in lines["lora"]
+    assert "0: 0.700, 1: 0.740" in lines["lora"]
+    assert "0.720 ± 0.028" in lines["lora"]
+    assert "-0.030" in lines["lora"]
+    assert "0.750 ± 0.000" in lines["full"]
+    assert "0.500" in lines["untuned"] and "-0.250" in lines["untuned"]
