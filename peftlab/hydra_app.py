@@ -43,9 +43,11 @@ from peftlab.run_config import RunConfig
 from peftlab.run_dir import claim_run_dir
 
 VERSION_BASE = "1.3"
-# The repository's configs/ folder (an editable install runs from the checkout). Absolute, because Hydra
-# reads a relative config_path as a Python package when this module is imported from the installed package.
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "configs")
+# configs/: inside the package in a wheel install (pyproject maps it to peftlab/configs), the checkout's
+# top-level folder in an editable one. Absolute, because Hydra reads a relative config_path as a Python
+# package when this module is imported from the installed package.
+_WHEEL_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_PATH = str(_WHEEL_CONFIGS if _WHEEL_CONFIGS.is_dir() else _WHEEL_CONFIGS.parent.parent / "configs")
 SCHEMA_NAME = "run_schema"
 RESULT_FILE = "result.json"
 RESULT_SCHEMA = "peftlab.result/1"
