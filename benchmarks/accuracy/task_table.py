@@ -39,9 +39,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(sweep_dir: Path, baselines: list[tuple[str, float]]) -> str:
-    """The markdown table of one task's sweep folder."""
-    tests = test_accuracies(sweep_dir / "test")
+def table(sweep_dir: Path, baselines: list[tuple[str, float]], test: str = "test") -> str:
+    """The markdown table of one task's sweep folder (test runs in its subfolder ``test``)."""
+    tests = test_accuracies(sweep_dir / test)
     full = tests.get("full")
     full_mean = mean_std(list(full.values()))[0] if full else None
     lines = [
@@ -81,8 +81,9 @@ def main() -> None:
     )
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--baseline", type=parse_baseline, action="append", default=[])
+    parser.add_argument("--test", default="test", help="subfolder of the test runs (default: test)")
     args = parser.parse_args()
-    print(table(args.sweep_dir, args.baseline))
+    print(table(args.sweep_dir, args.baseline, args.test))
 
 
 if __name__ == "__main__":
