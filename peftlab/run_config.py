@@ -58,6 +58,8 @@ class MethodSettings:
     prompt_tuning_init_text: str | None = None
     prefix_projection: bool = False
     encoder_hidden_size: int | None = None
+    prefix_init: str = "random"  # random (N(0, 1), as peft) | real_tokens | text: the model's own keys/values of tokens
+    prefix_init_text: str | None = None
 
 
 @dataclass

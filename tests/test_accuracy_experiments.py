@@ -172,11 +172,14 @@ def test_select_lr_picks_the_best_mean_validation_accuracy(tmp_path: Path, monke
         ("lora", 3e-3, 1, "ok", 0.65),
         ("lora", 1e-2, 0, "failed", None),
         ("full", 5e-5, 0, "ok", 0.99),
+        ("prefix_tuning", 1e-2, 0, "ok", 0.60),
+        ("prefix_tuning_mlp", 1e-3, 0, "ok", 0.80),  # a variant config of the same method, grouped apart
     ]
     for index, (method, lr, seed, status, value) in enumerate(rows):
         result = {
             "status": status,
-            "method": method,
+            "method": method.removesuffix("_mlp"),
+            "method_choice": method,
             "seed": seed,
             "metrics": {} if value is None else {"task_accuracy": value},
             "config": {"train": {"lr": lr}},
@@ -187,6 +190,8 @@ def test_select_lr_picks_the_best_mean_validation_accuracy(tmp_path: Path, monke
     assert scores == pytest.approx({1e-3: 0.72, 3e-3: 0.70})
     assert select.best_lr(scores) == 1e-3
     assert select.best_lr({1e-3: 0.5, 1e-4: 0.5}) == 1e-4  # ties go to the smaller rate
+    assert select.validation_scores(tmp_path, "prefix_tuning") == pytest.approx({1e-2: 0.60})
+    assert select.validation_scores(tmp_path, "prefix_tuning_mlp") == pytest.approx({1e-3: 0.80})
     monkeypatch.setattr(sys, "argv", ["select_lr.py", str(tmp_path), "prompt_tuning"])
     assert select.main() == 2
     assert "no finished prompt_tuning run" in capsys.readouterr().err

@@ -107,6 +107,10 @@ def test_named_experiments_set_what_they_promise() -> None:
     assert sweep.model.preset == "tiny-llama" and sweep.train.max_steps == 20
     assert compose_settings("method=lora_triton").method.kernel == "triton"
     assert compose_settings("method=peft_lora").method.name == "peft_lora"
+    real = compose_settings("method=prefix_tuning_real_tokens", "method.prefix_init_text=hi").method
+    config = method_config(real, tokenizer="some/tokenizer")
+    assert (config.prefix_init, config.prefix_init_text, config.tokenizer) == ("real_tokens", "hi", "some/tokenizer")
+    assert not config.prefix_projection
 
 
 def test_optuna_search_is_optional() -> None:

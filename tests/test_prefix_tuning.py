@@ -403,6 +403,50 @@ class InlineAttentionModel(PreTrainedModel):
         return F.scaled_dot_product_attention(query, key, value, is_causal=True)
 
 
+# --- init from the model's own activations -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["real_tokens", "text"])
+@pytest.mark.parametrize("name", CAUSAL_MODELS)
+def test_prefix_from_tokens_is_the_base_model_reading_those_tokens_first(name: str, init: str) -> None:
+    """A prefix initialised from tokens equals, at step 0, prepending those token ids to the plain base model's input.
+
+    Rotary models (Llama) compute the prefix at negative positions, so real tokens keep positions 0..L-1;
+    absolute-position models (GPT-2) compute it at 0..T-1 and real tokens need positions T..T+L-1.
+    """
+    base = build_model(name).eval()
+    torch.manual_seed(7)
+    tokenizer = lambda text: {"input_ids": [ord(character) for character in text]}  # noqa: E731
+    config = PrefixTuningConfig(
+        num_virtual_tokens=NUM_VIRTUAL_TOKENS + 2, prefix_init=init, prefix_init_text="ab", tokenizer=tokenizer
+    )
+    model = peftlab.apply(copy.deepcopy(base), config)
+    prefix_ids = model.method.init_token_ids
+    if init == "text":
+        assert prefix_ids.tolist() == [97, 98, 97, 98, 97]
+    count = prefix_ids.shape[0]
+    input_ids = torch.randint(0, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(8))
+    positions = None if name == "tiny-llama" else torch.arange(count, count + LENGTH).expand(2, -1)
+    ours = model(input_ids=input_ids, position_ids=positions).logits
+    with torch.no_grad():
+        expected = base(input_ids=torch.cat([prefix_ids.expand(2, -1), input_ids], dim=1)).logits[:, count:]
+    assert relative_error(ours.detach(), expected) < REL_TOLERANCE
+    ours.float().pow(2).mean().backward()
+    gradient = model.method.prefix_encoder.embedding.weight.grad
+    assert gradient is not None and gradient.abs().sum() > 0
+
+
+def test_real_token_prefix_depends_on_the_seed_and_is_reproducible() -> None:
+    def table(seed: int) -> torch.Tensor:
+        base = build_model("tiny-llama")
+        torch.manual_seed(seed)
+        model = peftlab.apply(base, PrefixTuningConfig(num_virtual_tokens=4, prefix_init="real_tokens"))
+        return model.method.prefix_encoder.table().detach().clone()
+
+    assert torch.equal(table(0), table(0))
+    assert not torch.equal(table(0), table(1))
+
+
 def tiny_t5() -> nn.Module:
     return T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
 
@@ -414,6 +458,17 @@ def tiny_t5() -> nn.Module:
         (PrefixTuningConfig(num_virtual_tokens=-1), ValueError, "num_virtual_tokens"),
         (PrefixTuningConfig(num_virtual_tokens=2, prefix_projection=True, encoder_hidden_size=0), ValueError, "encoder_hidden_size"),
         (PrefixTuningConfig(num_virtual_tokens=2, modules_to_save=["head"]), AdapterError, "modules_to_save"),
+        (PrefixTuningConfig(num_virtual_tokens=2, prefix_init="words"), ValueError, "prefix_init is 'words'; choose one of"),
+        (PrefixTuningConfig(num_virtual_tokens=2, prefix_init="real_tokens", prefix_projection=True), ValueError, "one or the other"),
+        (PrefixTuningConfig(num_virtual_tokens=2, prefix_init="text"), ValueError, "prefix_init_text must be a string"),
+        (PrefixTuningConfig(num_virtual_tokens=2, prefix_init="text", prefix_init_text="x"), ValueError, "tokenizer is required"),
+        (
+            PrefixTuningConfig(
+                num_virtual_tokens=2, prefix_init="text", prefix_init_text="x", tokenizer=lambda text: {"input_ids": [10**6]}
+            ),
+            ValueError,
+            "beyond the model's",
+        ),
     ],
 )
 def test_bad_config_raises_a_clear_error_and_leaves_the_model_unchanged(

@@ -17,19 +17,25 @@ METRIC = "task_accuracy"
 
 
 def validation_scores(sweep_dir: Path, method: str) -> dict[float, float]:
-    """Mean validation accuracy per learning rate of ``method``'s finished runs under ``sweep_dir``."""
+    """Mean validation accuracy per learning rate of ``method``'s finished runs under ``sweep_dir``
+    (``method`` is a method config name, e.g. ``lora`` or ``prefix_tuning_mlp``)."""
     scores: dict[float, list[float]] = defaultdict(list)
     for path in sorted(sweep_dir.rglob("result.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         value = result.get("metrics", {}).get(METRIC)
         if (
             result.get("status") != "ok"
-            or result.get("method") != method
+            or method_key(result) != method
             or not isinstance(value, int | float)
         ):
             continue
         scores[float(result["config"]["train"]["lr"])].append(float(value))
     return {lr: statistics.fmean(values) for lr, values in scores.items()}
+
+
+def method_key(result: dict) -> str:
+    """What a run is grouped by: the method config chosen (``prefix_tuning_mlp``), else the method's name."""
+    return str(result.get("method_choice") or result.get("method"))
 
 
 def best_lr(scores: dict[float, float]) -> float:

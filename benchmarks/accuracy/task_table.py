@@ -18,19 +18,19 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from select_lr import best_lr, validation_scores  # a script beside this one
+from select_lr import best_lr, method_key, validation_scores  # a script beside this one
 
-METHODS = ("full", "lora", "prefix_tuning", "prompt_tuning")
+METHODS = ("full", "lora", "prefix_tuning", "prefix_tuning_mlp", "prefix_tuning_real_tokens", "prompt_tuning")
 
 
 def test_accuracies(sweep_dir: Path) -> dict[str, dict[int, float]]:
-    """Test ``task_accuracy`` per method and seed of the finished runs under ``sweep_dir``."""
+    """Test ``task_accuracy`` per method config and seed of the finished runs under ``sweep_dir``."""
     found: dict[str, dict[int, float]] = defaultdict(dict)
     for path in sorted(sweep_dir.rglob("result.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         value = result.get("metrics", {}).get("task_accuracy")
         if result.get("status") == "ok" and isinstance(value, int | float):
-            found[result["method"]][int(result["seed"])] = float(value)
+            found[method_key(result)][int(result["seed"])] = float(value)
     return found
 
 

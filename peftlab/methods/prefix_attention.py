@@ -76,8 +76,16 @@ class AttentionLayout:
 class _ProbeCall:
     module: nn.Module
     layer_idx: Any
-    key_shape: tuple[int, ...]
-    value_shape: tuple[int, ...]
+    key: torch.Tensor  # [batch, kv_heads, length, head_dim], detached
+    value: torch.Tensor
+
+    @property
+    def key_shape(self) -> tuple[int, ...]:
+        return tuple(self.key.shape)
+
+    @property
+    def value_shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
 
 
 # Attention module -> the source of its layer's prefix. Weak keys: a model that is dropped unbinds itself.
@@ -139,24 +147,54 @@ def probe_attention_layout(model: PreTrainedModel, wrapped: str, owner: str) -> 
     ``layer_idx``, a layer index repeats (cross-attention) or misses, or layers disagree on key shapes.
     The model's attention implementation, train/eval modes and the RNG are left as they were.
     """
+    probe_ids = torch.zeros(1, PROBE_LENGTH, dtype=torch.long, device=model.device)
+    return _layout_from_calls(model, _record_calls(model, wrapped, probe_ids, owner), owner)
+
+
+def layer_key_values(
+    model: PreTrainedModel,
+    wrapped: str,
+    layout: AttentionLayout,
+    input_ids: torch.Tensor,
+    owner: str,
+    position_ids: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values every attention layer computes for ``input_ids`` ``[1, T]`` (eval mode, no grad).
+
+    One ``(keys, values)`` pair per layer of ``layout``, in layer order, each ``[kv_heads, T, head_dim]``,
+    as the attention call receives them (rotary models: already rotated for ``position_ids``).
+    """
+    calls = {id(call.module): call for call in _record_calls(model, wrapped, input_ids, owner, position_ids)}
+    missing = [index for index, module in enumerate(layout.modules) if id(module) not in calls]
+    if missing:
+        raise AdapterError(f"{owner}: attention layers {missing} of {type(model).__name__} did not run on the init tokens")
+    return [(calls[id(module)].key[0], calls[id(module)].value[0]) for module in layout.modules]
+
+
+def _record_calls(
+    model: PreTrainedModel, wrapped: str, input_ids: torch.Tensor, owner: str, position_ids: torch.Tensor | None = None
+) -> list[_ProbeCall]:
+    """Run ``model(input_ids)`` with the prefix function installed and no prefix bound; the calls it made."""
     register_prefix_attention()
     calls: list[_ProbeCall] = []
     token = _PROBE_CALLS.set(calls)
     try:
         with _implementation(model, implementation_name(wrapped)), _eval_mode(model), torch.no_grad():
-            probe_ids = torch.zeros(1, PROBE_LENGTH, dtype=torch.long, device=model.device)
             try:
-                model(input_ids=probe_ids)
+                if position_ids is None:
+                    model(input_ids=input_ids)
+                else:
+                    model(input_ids=input_ids, position_ids=position_ids)
             except AdapterError:
                 raise
             except Exception as error:
                 raise AdapterError(
-                    f"{owner}: a probe forward of {type(model).__name__} on {PROBE_LENGTH} token ids failed "
+                    f"{owner}: a probe forward of {type(model).__name__} on {input_ids.shape[-1]} token ids failed "
                     f"({type(error).__name__}: {error}); prefix tuning needs a text model that takes input_ids"
                 ) from error
     finally:
         _PROBE_CALLS.reset(token)
-    return _layout_from_calls(model, calls, owner)
+    return calls
 
 
 def bind(layout: AttentionLayout, source: PrefixSource, model: PreTrainedModel, wrapped: str) -> None:
@@ -238,7 +276,7 @@ def _prefix_attention(wrapped: str) -> Callable[..., Any]:
                     f"tuning was applied); call model.set_attn_implementation({wrapped!r}) on it and apply prefix "
                     "tuning again, or use the original PeftLabModel"
                 )
-            calls.append(_ProbeCall(module, getattr(module, "layer_idx", None), tuple(key.shape), tuple(value.shape)))
+            calls.append(_ProbeCall(module, getattr(module, "layer_idx", None), key.detach(), value.detach()))
             return attention(module, query, key, value, attention_mask, **kwargs)
         if kwargs.get("position_bias") is not None:
             raise AdapterError(

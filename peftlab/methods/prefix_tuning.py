@@ -21,6 +21,16 @@ so checkpointed recomputation sees the same prefix. Use transformers' default no
 would get no gradient unless ``model.enable_input_require_grads()`` is called). PEFT refuses prefix
 tuning with gradient checkpointing altogether.
 
+Init (``prefix_init``): ``random`` draws ``P`` (or the MLP's input) from N(0, 1), as PEFT does. The
+other two set ``P`` to the keys and values the frozen model itself computes for ``num_virtual_tokens``
+real token ids (the paper's section 7.2, "initializing the prefix with activations of real words"):
+``real_tokens`` draws them uniformly from the vocabulary, ``text`` takes ``tokenizer(prefix_init_text)``
+(repeated to length, as prompt tuning's ``text`` init). The ids are kept in ``method.init_token_ids``.
+Rotary models compute them at positions ``-T .. -1``, so that a causal model with such a prefix is, at
+step 0, exactly the base model reading those tokens before its input (real tokens keep ``0 .. L-1``);
+models with absolute positions compute them at ``0 .. T-1``. A random prefix is instead many times larger
+than the model's own keys and values and, on a pretrained model, starts training from a far worse loss.
+
 Positions: real tokens keep positions ``0 .. L-1``, as without the prefix. PEFT puts its prefix in the
 KV cache, so real tokens there get positions ``T .. T+L-1``; passing ``position_ids=arange(T, T+L)``
 to a peftlab model reproduces PEFT's outputs exactly.
@@ -43,6 +53,7 @@ from peftlab.methods.prefix_attention import (
     AttentionLayout,
     bind,
     check_attention_implementation,
+    layer_key_values,
     probe_attention_layout,
     unbind,
 )
@@ -56,9 +67,12 @@ from peftlab.methods.prompt_learning import (
     modules_to_save_from_fields,
     normalize_task_type,
     read_common_fields,
+    repeat_to_length,
+    text_token_ids,
 )
 
 OWNER = "PrefixTuningConfig"
+INITS = ("random", "real_tokens", "text")
 
 
 @dataclass
@@ -66,7 +80,10 @@ class PrefixTuningConfig:
     """Prefix tuning: learned per-layer key/value prefixes of ``num_virtual_tokens`` positions.
 
     ``prefix_projection`` learns them through the MLP reparameterisation (hidden width
-    ``encoder_hidden_size``, default ``kv_dim``). ``modules_to_save`` names base modules trained in full, in place
+    ``encoder_hidden_size``, default ``kv_dim``). ``prefix_init`` is ``"random"`` (N(0, 1), as PEFT),
+    ``"real_tokens"`` (the model's own keys/values of random vocabulary tokens) or ``"text"`` (of
+    ``tokenizer(prefix_init_text)``; ``tokenizer`` is an object or a name/path); the last two set the flat
+    table, so they exclude ``prefix_projection``. ``modules_to_save`` names base modules trained in full, in place
     (for ``task_type="SEQ_CLS"`` it defaults to the classification head, ``classifier`` or ``score``).
     ``inference_mode`` is set for adapters loaded from files: the prefix is then the flat saved table.
     """
@@ -74,6 +91,9 @@ class PrefixTuningConfig:
     num_virtual_tokens: int = 20
     prefix_projection: bool = False
     encoder_hidden_size: int | None = None
+    prefix_init: str = "random"
+    prefix_init_text: str | None = None
+    tokenizer: Any = None
     task_type: str = "CAUSAL_LM"
     modules_to_save: list[str] | None = None
     inference_mode: bool = False
@@ -125,6 +145,7 @@ class PrefixTuning(Method):
         self._layout: AttentionLayout | None = None
         self._wrapped: str | None = None
         self._saved_modules: SavedModules | None = None
+        self.init_token_ids: torch.Tensor | None = None  # the vocabulary ids a ``real_tokens`` prefix starts from
 
     # --- attaching -------------------------------------------------------------------------------------
 
@@ -136,6 +157,15 @@ class PrefixTuning(Method):
         hidden = config.encoder_hidden_size
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0):
             raise ValueError(f"{OWNER}.encoder_hidden_size must be a positive integer or None, got {hidden!r}")
+        init = _normalize_init(config.prefix_init)
+        if init != "random" and config.prefix_projection and not config.inference_mode:
+            raise ValueError(
+                f"{OWNER}.prefix_init={init!r} sets the flat prefix table, which prefix_projection=True replaces "
+                "by an MLP of a random input; use one or the other"
+            )
+        text_ids = None
+        if init == "text" and not config.inference_mode:
+            text_ids = text_token_ids(config.prefix_init_text, config.tokenizer, OWNER, "prefix_init_text", "prefix_init")
         check_single_stack(model, OWNER)
         wrapped = check_attention_implementation(model, OWNER)
         saved_modules = SavedModules(model, config.modules_to_save, task_type, OWNER)
@@ -151,6 +181,8 @@ class PrefixTuning(Method):
             projection = hidden or layout.kv_dim
         encoder = PrefixEncoder(num_virtual_tokens, layout.num_layers, layout.kv_dim, projection)
         self.prefix_encoder = encoder.to(model.device)
+        if init != "random" and not config.inference_mode:  # before anything of the model changes
+            self._initialise_from_tokens(model, wrapped, layout, text_ids)
         self._layout, self._wrapped, self._saved_modules = layout, wrapped, saved_modules
         saved_modules.attach(model)
         try:
@@ -158,6 +190,28 @@ class PrefixTuning(Method):
         except Exception:
             self.detach_from(model)
             raise
+
+    def _initialise_from_tokens(
+        self, model: nn.Module, wrapped: str, layout: AttentionLayout, text_ids: list[int] | None
+    ) -> None:
+        """Set the prefix table to the model's keys/values of ``text_ids`` (repeated), or of random vocabulary ids."""
+        assert self.prefix_encoder is not None
+        count = self.config.num_virtual_tokens
+        vocabulary = _vocabulary_size(model)
+        if text_ids is None:
+            token_ids = torch.randint(0, vocabulary, (count,), dtype=torch.long)
+        else:
+            token_ids = torch.tensor(repeat_to_length(text_ids, count), dtype=torch.long)
+            if int(token_ids.max()) >= vocabulary:
+                raise ValueError(
+                    f"{OWNER}.prefix_init_text tokenises to id {int(token_ids.max())}, beyond the model's "
+                    f"{vocabulary} token embeddings; use the model's own tokenizer"
+                )
+        positions = torch.arange(-count, 0) if _uses_rotary_positions(model) else torch.arange(count)
+        pairs = layer_key_values(model, wrapped, layout, token_ids[None].to(model.device), OWNER, positions[None].to(model.device))
+        with torch.no_grad():
+            self.prefix_encoder.embedding.weight.copy_(prefix_table(pairs))
+        self.init_token_ids = token_ids
 
     def detach_from(self, model: nn.Module) -> None:
         """Restore the model's attention implementation, parameter flags and saved-module values."""
@@ -246,6 +300,41 @@ class PrefixTuning(Method):
         if self._layout is None:
             raise AdapterError("prefix tuning is not attached to a model")
         return self._layout
+
+
+def prefix_table(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The table ``P`` ``[T, num_layers * 2 * kv_dim]`` holding per-layer ``(keys, values)`` ``[kv_heads, T, head_dim]``."""
+    blocks = []
+    for keys, values in pairs:
+        length = keys.shape[1]
+        blocks += [keys.transpose(0, 1).reshape(length, -1), values.transpose(0, 1).reshape(length, -1)]
+    return torch.cat(blocks, dim=1).float()
+
+
+def _normalize_init(value: Any) -> str:
+    init = value.lower() if isinstance(value, str) else value
+    if init not in INITS:
+        raise ValueError(f"{OWNER}.prefix_init is {value!r}; choose one of: {', '.join(INITS)}")
+    return init
+
+
+def _vocabulary_size(model: nn.Module) -> int:
+    """How many token ids the model's input embedding takes."""
+    getter = getattr(model, "get_input_embeddings", None)
+    embeddings = getter() if callable(getter) else None
+    size = getattr(embeddings, "num_embeddings", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(size, int) or size <= 0:
+        raise AdapterError(
+            f"{OWNER}: {type(model).__name__} has no input embedding nor config.vocab_size; a prefix initialised "
+            "from tokens needs token ids to run, use prefix_init='random'"
+        )
+    return size
+
+
+def _uses_rotary_positions(model: nn.Module) -> bool:
+    """Whether the model encodes positions by rotating queries and keys (transformers' ``*RotaryEmbedding``),
+    so that only relative positions matter and a prefix can be computed at negative positions."""
+    return any(type(module).__name__.endswith("RotaryEmbedding") for module in model.modules())
 
 
 class _WeakSource:

@@ -8,6 +8,7 @@ in that layout.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,3 +209,48 @@ def _match_modules(
             "(entries match a module path or its last components, e.g. 'classifier' or 'score')"
         )
     return matched, found
+
+
+def text_token_ids(text: Any, tokenizer: Any, owner: str, text_field: str, init_field: str) -> list[int]:
+    """The flat ``input_ids`` of ``text`` under ``tokenizer`` (an object or a name/path), for a ``text`` init.
+
+    Errors name ``owner.text_field`` / ``owner.tokenizer`` and say what is expected.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{owner}.{text_field} must be a string when {init_field}='text', got {text!r}")
+    if tokenizer is None:
+        raise ValueError(f"{owner}.tokenizer is required when {init_field}='text' (a tokenizer object or its name)")
+    tokenizer = load_tokenizer_object(tokenizer, owner)
+    try:
+        encoded = tokenizer(text)
+        token_ids = encoded["input_ids"]
+    except (TypeError, KeyError) as error:
+        raise ValueError(
+            f"{owner}.tokenizer must map a string to a mapping with 'input_ids' ({type(error).__name__}: {error})"
+        ) from None
+    token_ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
+    if token_ids and isinstance(token_ids[0], list):
+        raise ValueError(f"{owner}.tokenizer returned a batch for one string; expected a flat list of input_ids")
+    if not token_ids:
+        raise ValueError(f"{owner}.{text_field} {text!r} tokenises to no tokens; give a non-empty text")
+    return [int(token) for token in token_ids]
+
+
+def repeat_to_length(token_ids: list[int], length: int) -> list[int]:
+    """``token_ids`` repeated (then cut) to exactly ``length`` ids, as PEFT fills a prompt from a short text."""
+    repeats = math.ceil(length / len(token_ids))
+    return (token_ids * repeats)[:length]
+
+
+def load_tokenizer_object(tokenizer: Any, owner: str) -> Any:
+    """``tokenizer`` itself when callable, else ``AutoTokenizer.from_pretrained(tokenizer)``, with a clear error."""
+    if not isinstance(tokenizer, str):
+        if not callable(tokenizer):
+            raise ValueError(f"{owner}.tokenizer must be a callable tokenizer or a name/path, got {type(tokenizer).__name__}")
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{owner}.tokenizer {tokenizer!r} cannot be loaded by AutoTokenizer ({error})") from None

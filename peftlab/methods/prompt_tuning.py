@@ -20,7 +20,6 @@ special tokens included, cut or repeated to T. The prompt is float32 whatever th
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,8 @@ from peftlab.methods.prompt_learning import (
     modules_to_save_from_fields,
     normalize_task_type,
     read_common_fields,
+    repeat_to_length,
+    text_token_ids,
 )
 
 OWNER = "PromptTuningConfig"
@@ -313,8 +314,7 @@ def _initial_prompt(init: str, num_virtual_tokens: int, word_embeddings: nn.Embe
         token_ids = torch.randint(0, word_embeddings.num_embeddings, (num_virtual_tokens,), dtype=torch.long)
     else:
         assert text_ids is not None
-        repeats = math.ceil(num_virtual_tokens / len(text_ids))
-        token_ids = torch.tensor((text_ids * repeats)[:num_virtual_tokens], dtype=torch.long)
+        token_ids = torch.tensor(repeat_to_length(text_ids, num_virtual_tokens), dtype=torch.long)
     out_of_range = token_ids[token_ids >= word_embeddings.num_embeddings]
     if out_of_range.numel():
         raise ValueError(
@@ -326,38 +326,9 @@ def _initial_prompt(init: str, num_virtual_tokens: int, word_embeddings: nn.Embe
 
 
 def _init_text_ids(config: PromptTuningConfig) -> list[int]:
-    text = config.prompt_tuning_init_text
-    if not isinstance(text, str):
-        raise ValueError(f"{OWNER}.prompt_tuning_init_text must be a string when prompt_tuning_init='text', got {text!r}")
-    if config.tokenizer is None:
-        raise ValueError(f"{OWNER}.tokenizer is required when prompt_tuning_init='text' (a tokenizer object or its name)")
-    tokenizer = _load_tokenizer(config.tokenizer)
-    try:
-        encoded = tokenizer(text)
-        token_ids = encoded["input_ids"]
-    except (TypeError, KeyError) as error:
-        raise ValueError(
-            f"{OWNER}.tokenizer must map a string to a mapping with 'input_ids' ({type(error).__name__}: {error})"
-        ) from None
-    token_ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else list(token_ids)
-    if token_ids and isinstance(token_ids[0], list):
-        raise ValueError(f"{OWNER}.tokenizer returned a batch for one string; expected a flat list of input_ids")
-    if not token_ids:
-        raise ValueError(f"{OWNER}.prompt_tuning_init_text {text!r} tokenises to no tokens; give a non-empty text")
-    return [int(token) for token in token_ids]
-
-
-def _load_tokenizer(tokenizer: Any) -> Any:
-    if not isinstance(tokenizer, str):
-        if not callable(tokenizer):
-            raise ValueError(f"{OWNER}.tokenizer must be a callable tokenizer or a name/path, got {type(tokenizer).__name__}")
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(tokenizer)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{OWNER}.tokenizer {tokenizer!r} cannot be loaded by AutoTokenizer ({error})") from None
+    return text_token_ids(
+        config.prompt_tuning_init_text, config.tokenizer, OWNER, "prompt_tuning_init_text", "prompt_tuning_init"
+    )
 
 
 def _tokenizer_name(tokenizer: Any) -> str | None:
