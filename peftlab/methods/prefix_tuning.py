@@ -64,10 +64,10 @@ from peftlab.methods.prompt_learning import (
     check_num_virtual_tokens,
     check_single_stack,
     config_dims,
+    init_token_ids,
     modules_to_save_from_fields,
     normalize_task_type,
     read_common_fields,
-    repeat_to_length,
     text_token_ids,
 )
 
@@ -145,7 +145,7 @@ class PrefixTuning(Method):
         self._layout: AttentionLayout | None = None
         self._wrapped: str | None = None
         self._saved_modules: SavedModules | None = None
-        self.init_token_ids: torch.Tensor | None = None  # the vocabulary ids a ``real_tokens`` prefix starts from
+        self.init_token_ids: torch.Tensor | None = None  # the token ids a prefix initialised from tokens starts from
 
     # --- attaching -------------------------------------------------------------------------------------
 
@@ -197,16 +197,7 @@ class PrefixTuning(Method):
         """Set the prefix table to the model's keys/values of ``text_ids`` (repeated), or of random vocabulary ids."""
         assert self.prefix_encoder is not None
         count = self.config.num_virtual_tokens
-        vocabulary = _vocabulary_size(model)
-        if text_ids is None:
-            token_ids = torch.randint(0, vocabulary, (count,), dtype=torch.long)
-        else:
-            token_ids = torch.tensor(repeat_to_length(text_ids, count), dtype=torch.long)
-            if int(token_ids.max()) >= vocabulary:
-                raise ValueError(
-                    f"{OWNER}.prefix_init_text tokenises to id {int(token_ids.max())}, beyond the model's "
-                    f"{vocabulary} token embeddings; use the model's own tokenizer"
-                )
+        token_ids = init_token_ids(text_ids, count, _vocabulary_size(model), OWNER, "prefix_init_text")
         positions = torch.arange(-count, 0) if _uses_rotary_positions(model) else torch.arange(count)
         pairs = layer_key_values(model, wrapped, layout, token_ids[None].to(model.device), OWNER, positions[None].to(model.device))
         with torch.no_grad():

@@ -236,10 +236,23 @@ def text_token_ids(text: Any, tokenizer: Any, owner: str, text_field: str, init_
     return [int(token) for token in token_ids]
 
 
-def repeat_to_length(token_ids: list[int], length: int) -> list[int]:
-    """``token_ids`` repeated (then cut) to exactly ``length`` ids, as PEFT fills a prompt from a short text."""
-    repeats = math.ceil(length / len(token_ids))
-    return (token_ids * repeats)[:length]
+def init_token_ids(text_ids: list[int] | None, count: int, vocabulary: int, owner: str, text_field: str) -> torch.Tensor:
+    """``count`` token ids that virtual tokens start from: ``text_ids`` repeated (then cut) to length, as PEFT
+    fills a prompt from a short text, or, given None, ids drawn uniformly from the vocabulary (global RNG).
+
+    Raises ``ValueError`` naming ``owner.text_field`` when the text holds an id beyond ``vocabulary``.
+    """
+    if text_ids is None:
+        return torch.randint(0, vocabulary, (count,), dtype=torch.long)
+    repeats = math.ceil(count / len(text_ids))
+    token_ids = torch.tensor((text_ids * repeats)[:count], dtype=torch.long)
+    out_of_range = token_ids[token_ids >= vocabulary]
+    if out_of_range.numel():
+        raise ValueError(
+            f"{owner}.{text_field} tokenises to id {int(out_of_range[0])}, beyond the model's "
+            f"{vocabulary} input embeddings; use the model's own tokenizer"
+        )
+    return token_ids
 
 
 def load_tokenizer_object(tokenizer: Any, owner: str) -> Any:

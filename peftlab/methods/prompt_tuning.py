@@ -38,10 +38,10 @@ from peftlab.methods.prompt_learning import (
     check_num_virtual_tokens,
     check_single_stack,
     config_dims,
+    init_token_ids,
     modules_to_save_from_fields,
     normalize_task_type,
     read_common_fields,
-    repeat_to_length,
     text_token_ids,
 )
 
@@ -310,17 +310,9 @@ def _initial_prompt(init: str, num_virtual_tokens: int, word_embeddings: nn.Embe
     prompt = nn.Embedding(num_virtual_tokens, word_embeddings.embedding_dim).weight.detach()
     if init == "random":
         return prompt
-    if init == "sample_vocab":
-        token_ids = torch.randint(0, word_embeddings.num_embeddings, (num_virtual_tokens,), dtype=torch.long)
-    else:
-        assert text_ids is not None
-        token_ids = torch.tensor(repeat_to_length(text_ids, num_virtual_tokens), dtype=torch.long)
-    out_of_range = token_ids[token_ids >= word_embeddings.num_embeddings]
-    if out_of_range.numel():
-        raise ValueError(
-            f"{OWNER}.prompt_tuning_init_text tokenises to id {int(out_of_range[0])}, beyond the model's "
-            f"{word_embeddings.num_embeddings} input embeddings; use the model's own tokenizer"
-        )
+    token_ids = init_token_ids(
+        text_ids, num_virtual_tokens, word_embeddings.num_embeddings, OWNER, "prompt_tuning_init_text"
+    )  # sample_vocab: text_ids is None, so the ids are drawn
     with torch.no_grad():
         return word_embeddings(token_ids.to(word_embeddings.weight.device)).detach().clone().float().cpu()
 
