@@ -91,6 +91,12 @@ def _data(args: list[str]) -> int:
         "--truncation", action="store_true", help="report over-long examples as warnings (data.truncation)"
     )
     check.add_argument(
+        "--truncation-side",
+        default="right",
+        choices=["right", "left"],
+        help="left keeps the end of each example, its completion (data.truncation_side)",
+    )
+    check.add_argument(
         "--tokenizer", default=None, help="HF id or path (default: the byte tokenizer of the presets)"
     )
     check.add_argument("--text-field", default="text")
@@ -105,6 +111,7 @@ def _data(args: list[str]) -> int:
         format=options.format,
         max_length=options.max_length,
         truncation=options.truncation,
+        truncation_side=options.truncation_side,
         text_field=options.text_field,
         label_field=options.label_field,
         num_labels=options.num_labels,

@@ -78,6 +78,7 @@ class DataConfig:
     max_length: int = 256
     packing: bool = False
     truncation: bool = False  # True: cut examples longer than max_length (a warning); False: they are errors
+    truncation_side: str = "right"  # right: keep the start | left: keep the end (the completion), cut the prompt's start
 
 
 @dataclass

@@ -166,8 +166,10 @@ def multiple_choice_scores(
     normalize: str = "none",
     batch_size: int = 8,
     add_special_tokens: bool = False,
+    max_length: int | None = None,
 ) -> list[list[float]]:
-    """Each choice's (optionally length-normalised) log-likelihood, per context."""
+    """Each choice's (optionally length-normalised) log-likelihood, per context (cut from the left to
+    ``max_length`` tokens with its choice, when given)."""
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
     if len(contexts) != len(choices):
@@ -175,7 +177,7 @@ def multiple_choice_scores(
     flat_contexts = [context for context, options in zip(contexts, choices, strict=True) for _ in options]
     flat_choices = [option for options in choices for option in options]
     flat = continuation_log_likelihoods(
-        model, tokenizer, flat_contexts, flat_choices, batch_size, add_special_tokens
+        model, tokenizer, flat_contexts, flat_choices, batch_size, add_special_tokens, max_length
     )
     scores, position = [], 0
     for options in choices:
@@ -203,10 +205,12 @@ def multiple_choice_accuracy(
     normalize: str = "none",
     batch_size: int = 8,
     add_special_tokens: bool = False,
+    max_length: int | None = None,
 ) -> AccuracyResult:
-    """Accuracy of picking the highest-scoring choice (the first one on ties)."""
+    """Accuracy of picking the highest-scoring choice (the first one on ties); ``max_length`` as in
+    ``multiple_choice_scores``."""
     scores = multiple_choice_scores(
-        model, tokenizer, contexts, choices, normalize, batch_size, add_special_tokens
+        model, tokenizer, contexts, choices, normalize, batch_size, add_special_tokens, max_length
     )
     predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
     return accuracy(predictions, list(labels))

@@ -492,7 +492,8 @@ def summarize(
 
 def decoder_task_accuracy(parts: RunParts) -> float | None:
     """Multiple-choice log-likelihood accuracy of a causal LM on ``data.valid_file``: every class name is
-    scored as the completion of each prompt and the most likely one is the prediction.
+    scored as the completion of each prompt (kept to ``data.max_length`` tokens) and the most likely one
+    is the prediction.
 
     Applies when the file is a completion export of ``peftlab.sources`` (a ``labels.json`` beside it lists
     the classes); None otherwise, and in multi-process runs.
@@ -505,7 +506,13 @@ def decoder_task_accuracy(parts: RunParts) -> float | None:
         return None
     contexts, choices, labels = questions
     result = multiple_choice_accuracy(
-        parts.model, parts.tokenizer, contexts, choices, labels, batch_size=parts.cfg.train.batch_size
+        parts.model,
+        parts.tokenizer,
+        contexts,
+        choices,
+        labels,
+        batch_size=parts.cfg.train.batch_size,
+        max_length=parts.cfg.data.max_length,  # the contexts training saw: cut from the left, as it cuts them
     )
     return result.accuracy
 

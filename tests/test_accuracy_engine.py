@@ -36,7 +36,7 @@ def run_train(monkeypatch: pytest.MonkeyPatch, *overrides: str) -> dict:
     return result
 
 
-def write_completion_task(folder: Path, count: int, seed: int) -> list[dict]:
+def write_completion_task(folder: Path, count: int, seed: int, preamble: str = "") -> list[dict]:
     """A completion export like ``peftlab.sources`` writes: records plus ``labels.json`` with the classes."""
     rng = random.Random(seed)
     records = []
@@ -44,7 +44,10 @@ def write_completion_task(folder: Path, count: int, seed: int) -> list[dict]:
         label = rng.randrange(len(CLASSES))
         degrees = rng.randrange(25, 40) if label else rng.randrange(-10, 5)
         records.append(
-            {"prompt": f"\nQ: It is {degrees} degrees. Cold or warm?\nA:", "completion": " " + CLASSES[label]}
+            {
+                "prompt": f"{preamble}\nQ: It is {degrees} degrees. Cold or warm?\nA:",
+                "completion": " " + CLASSES[label],
+            }
         )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -53,12 +56,17 @@ def write_completion_task(folder: Path, count: int, seed: int) -> list[dict]:
 
 
 @torch.no_grad()
-def reference_choice(model: torch.nn.Module, tokenizer, prompt: str, options: list[str]) -> int:
-    """The option with the highest float64 sum of token log-probabilities, one unpadded sequence each."""
-    context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+def reference_choice(
+    model: torch.nn.Module, tokenizer, prompt: str, options: list[str], max_length: int | None = None
+) -> int:
+    """The option with the highest float64 sum of token log-probabilities, one unpadded sequence each
+    (the prompt's first tokens dropped so prompt + option fit ``max_length``)."""
+    full_context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     scores = []
     for option in options:
-        continuation = tokenizer(prompt + option, add_special_tokens=False)["input_ids"][len(context) :]
+        continuation = tokenizer(prompt + option, add_special_tokens=False)["input_ids"][len(full_context) :]
+        keep = len(full_context) if max_length is None else max_length - len(continuation)
+        context = full_context[len(full_context) - keep :]
         ids = torch.tensor([context + continuation])
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].double()
         log_probs = logits.log_softmax(-1)
@@ -91,6 +99,42 @@ def test_decoder_run_records_multiple_choice_test_accuracy(method: str, tmp_path
     predictions = [
         reference_choice(loaded.model, loaded.tokenizer, r["prompt"], [" " + c for c in CLASSES])
         for r in test_records
+    ]
+    expected = sum(
+        p == CLASSES.index(r["completion"].strip()) for p, r in zip(predictions, test_records, strict=True)
+    )
+    assert result["metrics"]["task_accuracy"] == pytest.approx(expected / len(test_records))
+
+
+def test_left_truncated_decoder_run_is_scored_on_the_contexts_it_trained_on(
+    tmp_path: Path, monkeypatch
+) -> None:
+    preamble = "A long article that the cut drops. " * 6  # 210 bytes before each question
+    write_completion_task(tmp_path / "train", 24, seed=1, preamble=preamble)
+    test_records = write_completion_task(tmp_path / "test", 12, seed=2, preamble=preamble)
+    run_dir = tmp_path / "run"
+    result = run_train(
+        monkeypatch,
+        "model=tiny_llama",
+        "method=lora",
+        "data=jsonl",
+        f"data.train_file={tmp_path / 'train' / 'data.jsonl'}",
+        f"data.valid_file={tmp_path / 'test' / 'data.jsonl'}",
+        "data.format=completion",
+        "data.max_length=64",
+        "data.truncation=true",
+        "data.truncation_side=left",
+        "train=quick",
+        "train.max_steps=2",
+        "train.batch_size=8",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    # (cut on the right, every record would lose its completion and the data check would refuse them)
+    loaded = load_run(run_dir)
+    options = [" " + c for c in CLASSES]
+    predictions = [
+        reference_choice(loaded.model, loaded.tokenizer, r["prompt"], options, 64) for r in test_records
     ]
     expected = sum(
         p == CLASSES.index(r["completion"].strip()) for p, r in zip(predictions, test_records, strict=True)

@@ -120,6 +120,33 @@ def test_truncation_turns_over_length_into_a_warning(tmp_path: Path) -> None:
     assert len(lenient.examples[0].input_ids) == 64
 
 
+def test_left_truncation_keeps_every_completion_of_long_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "articles.jsonl"
+    records = [{"prompt": "article " * 40 + f"number {i}\nTopic:", "completion": " sport"} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    right = check_file(path, TOKENIZER, DataOptions(max_length=64, truncation=True))
+    left = check_file(path, TOKENIZER, DataOptions(max_length=64, truncation=True, truncation_side="left"))
+    assert len(right.errors) == 3 and "nothing is left to train on" in str(right.errors[0])
+    assert left.ok and len(left.examples) == 3
+    for example in left.examples:
+        trained = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != -100]
+        assert TOKENIZER.decode(trained).startswith(" sport")
+        assert len(example.input_ids) == 64
+    config = DataConfig(train_file=str(path), valid_file=None, max_length=64, truncation=True)
+    config.truncation_side = "left"
+    assert len(load_data(config, TOKENIZER).train.examples) == 3
+    check = ["data", "check", str(path), "--max-length", "64", "--truncation"]
+    assert main(check) == 1
+    assert main([*check, "--truncation-side", "left"]) == 0
+
+
+def test_left_truncation_is_refused_for_classification() -> None:
+    with pytest.raises(ValueError, match="classification examples are cut on the right"):
+        DataOptions(format="classification", truncation=True, truncation_side="left")
+    with pytest.raises(ValueError, match="truncation_side is 'up'"):
+        DataOptions(truncation_side="up")
+
+
 def test_completion_and_classification_formats_are_detected(tmp_path: Path) -> None:
     completion = tmp_path / "completion.jsonl"
     completion.write_text(

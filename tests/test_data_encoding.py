@@ -123,6 +123,18 @@ def test_max_length_is_an_error_unless_truncation_is_on(tokenizer) -> None:
     assert fitted is None and "nothing is left to train on" in message
 
 
+def test_left_truncation_keeps_the_completion_and_cuts_the_prompt(tokenizer) -> None:
+    example = encode_completion("p" * 40, " answer", tokenizer)
+    fitted, message = fit_to_length(example, 20, truncate=True, side="left")
+    assert fitted is not None and "truncated" in message
+    assert fitted.input_ids == example.input_ids[-20:] and fitted.labels == example.labels[-20:]
+    assert trained_text(tokenizer, fitted) == trained_text(tokenizer, example) == " answer<|eos|>"
+    # the right side would have cut the whole completion away
+    assert fit_to_length(example, 20, truncate=True, side="right")[0] is None
+    with pytest.raises(ValueError, match="truncation_side is 'middle'"):
+        fit_to_length(example, 20, truncate=True, side="middle")
+
+
 def test_plain_template_is_documented_format(tokenizer) -> None:
     assert tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
     text = tokenizer.apply_chat_template(

@@ -121,6 +121,22 @@ def test_max_length_cuts_the_context_from_the_left(decoder, tokenizer):
     cut = continuation_log_likelihoods(decoder, tokenizer, ["0123456789"], ["ab"], max_length=6)[0]
     short = continuation_log_likelihoods(decoder, tokenizer, ["6789"], ["ab"])[0]
     assert cut.log_likelihood == pytest.approx(short.log_likelihood, abs=1e-6)
+    # the multiple-choice scorers pass the cut through, per choice
+    long_contexts = ["0123456789 is", "abcdefghij is"]
+    options = [[" ab", " abcd"], [" x", " xyz"]]
+    scores = multiple_choice_scores(decoder, tokenizer, long_contexts, options, max_length=8)
+    expected = [
+        [
+            continuation_log_likelihoods(decoder, tokenizer, [c], [o], max_length=8)[0].log_likelihood
+            for o in row
+        ]
+        for c, row in zip(long_contexts, options, strict=True)
+    ]
+    uncut = multiple_choice_scores(decoder, tokenizer, long_contexts, options)
+    assert scores == [pytest.approx(row, abs=1e-5) for row in expected]
+    assert scores != [pytest.approx(row, abs=1e-5) for row in uncut]
+    result = multiple_choice_accuracy(decoder, tokenizer, long_contexts, options, [0, 1], max_length=8)
+    assert result.predictions == [max(range(2), key=row.__getitem__) for row in expected]
 
 
 def test_empty_context_without_bos_is_an_error(decoder, tokenizer):

@@ -12,10 +12,23 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from peftlab.data.encode import ClassificationExample, EncodingError, Example, encode_example, fit_to_length
+from peftlab.data.encode import (
+    TRUNCATION_SIDES,
+    ClassificationExample,
+    EncodingError,
+    Example,
+    encode_example,
+    fit_to_length,
+)
 from peftlab.data.jsonl import Line, read_jsonl
 from peftlab.data.problems import ERROR, WARNING, Problem, errors_in
-from peftlab.data.records import FORMATS, detect_format, example_problems, unknown_format_message
+from peftlab.data.records import (
+    CLASSIFICATION,
+    FORMATS,
+    detect_format,
+    example_problems,
+    unknown_format_message,
+)
 
 AUTO = "auto"
 
@@ -27,6 +40,7 @@ class DataOptions:
     format: str = AUTO
     max_length: int = 256
     truncation: bool = False
+    truncation_side: str = "right"
     text_field: str = "text"
     label_field: str = "label"
     num_labels: int = 2
@@ -34,6 +48,15 @@ class DataOptions:
     def __post_init__(self) -> None:
         if self.format not in (AUTO, *FORMATS):
             raise ValueError(f"data.format is {self.format!r}; choose one of {AUTO}, {', '.join(FORMATS)}")
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(
+                f"data.truncation_side is {self.truncation_side!r}; choose one of {', '.join(TRUNCATION_SIDES)}"
+            )
+        if self.truncation_side == "left" and self.format == CLASSIFICATION:
+            raise ValueError(
+                "data.truncation_side=left keeps the end of chat and completion examples; "
+                "classification examples are cut on the right (set it back to right)"
+            )
         if self.max_length < 2:
             raise ValueError(f"data.max_length is {self.max_length}; it must be at least 2")
 
@@ -144,7 +167,7 @@ def _line_problems(
         )
     except EncodingError as error:
         return [(str(error), ERROR)]
-    fitted, note = fit_to_length(example, options.max_length, options.truncation)
+    fitted, note = fit_to_length(example, options.max_length, options.truncation, options.truncation_side)
     if fitted is None:
         return [(note or "unusable", ERROR)]
     report.examples.append(fitted)

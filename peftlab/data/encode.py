@@ -100,9 +100,21 @@ def encode_classification(text: str, label: int, tokenizer: PreTrainedTokenizerB
     return ClassificationExample(list(tokenizer(text, add_special_tokens=True)["input_ids"]), int(label))
 
 
-def fit_to_length(example: Example, max_length: int, truncate: bool) -> tuple[Example | None, str | None]:
+TRUNCATION_SIDES = ("right", "left")
+
+
+def fit_to_length(
+    example: Example, max_length: int, truncate: bool, side: str = "right"
+) -> tuple[Example | None, str | None]:
     """Apply ``max_length``: returns ``(example, None)`` when it fits, a truncated example and a warning
-    when ``truncate`` allows cutting it, or ``(None, error)`` when it cannot be used."""
+    when ``truncate`` allows cutting it, or ``(None, error)`` when it cannot be used.
+
+    ``side="right"`` keeps the first ``max_length`` tokens; ``side="left"`` keeps the last ones, so a
+    prompt/completion example keeps its completion and loses the start of its prompt (as the
+    multiple-choice scorer cuts contexts). Classification examples are always cut on the right.
+    """
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(f"data.truncation_side is {side!r}; choose one of {', '.join(TRUNCATION_SIDES)}")
     length = len(example.input_ids)
     if length <= max_length:
         return example, None
@@ -115,7 +127,8 @@ def fit_to_length(example: Example, max_length: int, truncate: bool) -> tuple[Ex
         return ClassificationExample(
             example.input_ids[:max_length], example.label
         ), f"truncated from {length} to {max_length} tokens"
-    cut = TokenExample(example.input_ids[:max_length], example.labels[:max_length])
+    kept = slice(length - max_length, None) if side == "left" else slice(0, max_length)
+    cut = TokenExample(example.input_ids[kept], example.labels[kept])
     if cut.num_trained_tokens() == 0:
         return None, f"{length} tokens; truncated to max_length {max_length} nothing is left to train on"
     return cut, f"truncated from {length} to {max_length} tokens"

@@ -40,6 +40,7 @@ def data_options(data: Any, task: str = "causal_lm", num_labels: int = 2) -> Dat
         format=fmt,
         max_length=data.max_length,
         truncation=bool(getattr(data, "truncation", False)),
+        truncation_side=str(getattr(data, "truncation_side", "right")),
         text_field=data.text_field,
         label_field=data.label_field,
         num_labels=num_labels,
