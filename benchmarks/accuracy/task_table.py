@@ -1,4 +1,4 @@
-"""One markdown table of an accuracy task run by ``run_minilm_task.sh`` or ``run_smollm2_pang_lee.sh``.
+"""One markdown table of an accuracy task run by ``run_minilm_task.sh`` or ``run_smollm2_task.sh``.
 
     python benchmarks/accuracy/task_table.py runs/accuracy/minilm_strategyqa \\
         [--baseline "untuned (zero-shot)=runs/accuracy/smollm2_pang_lee/zero_shot.json"]
