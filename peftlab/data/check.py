@@ -13,10 +13,10 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from peftlab.data.encode import (
-    TRUNCATION_SIDES,
     ClassificationExample,
     EncodingError,
     Example,
+    check_truncation_side,
     encode_example,
     fit_to_length,
 )
@@ -48,10 +48,7 @@ class DataOptions:
     def __post_init__(self) -> None:
         if self.format not in (AUTO, *FORMATS):
             raise ValueError(f"data.format is {self.format!r}; choose one of {AUTO}, {', '.join(FORMATS)}")
-        if self.truncation_side not in TRUNCATION_SIDES:
-            raise ValueError(
-                f"data.truncation_side is {self.truncation_side!r}; choose one of {', '.join(TRUNCATION_SIDES)}"
-            )
+        check_truncation_side(self.truncation_side)
         if self.truncation_side == "left" and self.format == CLASSIFICATION:
             raise ValueError(
                 "data.truncation_side=left keeps the end of chat and completion examples; "

@@ -103,6 +103,12 @@ def encode_classification(text: str, label: int, tokenizer: PreTrainedTokenizerB
 TRUNCATION_SIDES = ("right", "left")
 
 
+def check_truncation_side(side: str) -> None:
+    """Raise ``ValueError`` naming ``data.truncation_side`` unless ``side`` is one of ``TRUNCATION_SIDES``."""
+    if side not in TRUNCATION_SIDES:
+        raise ValueError(f"data.truncation_side is {side!r}; choose one of {', '.join(TRUNCATION_SIDES)}")
+
+
 def fit_to_length(
     example: Example, max_length: int, truncate: bool, side: str = "right"
 ) -> tuple[Example | None, str | None]:
@@ -113,8 +119,7 @@ def fit_to_length(
     prompt/completion example keeps its completion and loses the start of its prompt (as the
     multiple-choice scorer cuts contexts). Classification examples are always cut on the right.
     """
-    if side not in TRUNCATION_SIDES:
-        raise ValueError(f"data.truncation_side is {side!r}; choose one of {', '.join(TRUNCATION_SIDES)}")
+    check_truncation_side(side)
     length = len(example.input_ids)
     if length <= max_length:
         return example, None
