@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # One MiniLM accuracy task end to end: per method, a learning-rate sweep on the validation split, the
 # best rate (benchmarks/accuracy/select_lr.py) trained with every seed and scored on the test split.
-#   bash benchmarks/accuracy/run_minilm_task.sh TASK [SEEDS, default 0,1,2]
+#   bash benchmarks/accuracy/run_minilm_task.sh TASK [SEEDS, default 0,1,2] [METHODS, default all four]
 #   TASK: pang_lee | presuppositions_nli | bbc_news | strategyqa  (configs/experiment/accuracy_minilm_TASK.yaml)
 # Results: runs/accuracy/minilm_TASK/valid (the sweep) and runs/accuracy/minilm_TASK/test (the report).
 set -euo pipefail
 task="$1"
 seeds="${2:-0,1,2}"
+methods="${3:-lora prefix_tuning prompt_tuning full}"
 here="$(cd "$(dirname "$0")" && pwd)"
 out="runs/accuracy/minilm_${task}"
 # two candidates per method: the Pang & Lee anchor's rate and the next one up (x3 or x2)
 declare -A grid=([full]=5e-5,1e-4 [lora]=1e-3,3e-3 [prefix_tuning]=1e-2,3e-2 [prompt_tuning]=3e-2,1e-1)
-for method in lora prefix_tuning prompt_tuning full; do
+for method in ${methods}; do
   peftlab train -m "experiment=accuracy_minilm_${task}" "method=${method}" "train.lr=${grid[$method]}" \
     seed=0 "data=${task}_valid" "hydra.sweep.dir=${out}/valid"
   lr="$(python "${here}/select_lr.py" "${out}/valid" "${method}")"
