@@ -178,14 +178,18 @@ def test_generate_with_cache_matches_no_cache_and_peft_with_left_padding(name: s
 
     cached = ours.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
     uncached = ours.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **settings)
-    reference = theirs.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+    # peft without a cache: the prompt goes in front of the whole sequence at every step. (peft 0.21.2's cached
+    # path finds the cache under its pre-5.24 name, past_key_values, so on transformers 5.24 it re-injects the
+    # prompt at every step; the uncached path does not depend on that name.)
+    reference = theirs.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **settings)
 
     assert cached.sequences.shape == (2, LENGTH + 5)  # real tokens only: no virtual positions
     assert torch.equal(cached.sequences[:, :LENGTH], input_ids)
     assert torch.equal(cached.sequences, uncached.sequences)
     assert torch.equal(cached.sequences, reference.sequences)
-    for step_cached, step_uncached in zip(cached.scores, uncached.scores, strict=True):
+    for step_cached, step_uncached, step_reference in zip(cached.scores, uncached.scores, reference.scores, strict=True):
         assert relative_error(step_cached, step_uncached) < REL_TOLERANCE
+        assert relative_error(step_cached, step_reference) < REL_TOLERANCE
     # The prompt takes part: the first step's scores differ from the base model's.
     base_scores = ours.base_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1]
     assert relative_error(cached.scores[0], base_scores) > 1e-3
@@ -342,11 +346,12 @@ def test_adapter_for_two_transformer_stacks_is_rejected(tmp_path: Path) -> None:
         peftlab.load_adapter(build_model("tiny-llama"), tmp_path)
 
 
-def test_forward_rejects_a_cache_and_generate_rejects_inputs_embeds() -> None:
+@pytest.mark.parametrize("cache_argument", ["cache", "past_key_values"])  # the names after and before transformers 5.24
+def test_forward_rejects_a_cache_and_generate_rejects_inputs_embeds(cache_argument: str) -> None:
     ours, _ = ours_and_peft("tiny-llama")
     input_ids, _ = batch_with_left_padding(seed=9)
     cache = ours.base_model(input_ids=input_ids, use_cache=True).past_key_values
     with pytest.raises(ValueError, match="generate"):
-        ours(input_ids=input_ids, past_key_values=cache)
+        ours(input_ids=input_ids, **{cache_argument: cache})
     with pytest.raises(ValueError, match="input_ids"):
         ours.generate(inputs_embeds=torch.zeros(2, LENGTH, 64), max_new_tokens=1)

@@ -124,7 +124,7 @@ class PromptTuning(Method):
         **kwargs: Any,
     ) -> Any:
         """``model(inputs_embeds=[P; E(input_ids)], ...)`` with the mask and labels extended; T + L outputs."""
-        if kwargs.get("past_key_values") is not None:
+        if _cache_in(kwargs) is not None:
             raise ValueError(
                 "prompt tuning forward prepends the soft prompt to a fresh input; to continue from a cache, "
                 "use generate() (it injects the prompt once)"
@@ -181,7 +181,7 @@ class PromptTuning(Method):
                         "masks without the prompt, use the default dynamic cache"
                     )
                 inputs["attention_mask"] = self._extend_mask(mask)
-            cache = inputs.get("past_key_values")
+            cache = _cache_in(inputs)
             if cache is None or cache.get_seq_length() == 0:
                 input_ids = inputs.pop("input_ids")
                 embeds = _word_embeddings(model)(input_ids)
@@ -283,6 +283,12 @@ class PromptTuning(Method):
             modules_to_save=modules_to_save_from_fields(fields, source),
             inference_mode=True,
         )
+
+
+def _cache_in(model_inputs: dict[str, Any]) -> Any:
+    """The key/value cache among a model's inputs: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    cache = model_inputs.get("cache")
+    return cache if cache is not None else model_inputs.get("past_key_values")
 
 
 def _normalize_init(value: Any) -> str:
