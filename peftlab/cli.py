@@ -100,6 +100,9 @@ def _data(args: list[str]) -> int:
         "--tokenizer", default=None, help="HF id or path (default: the byte tokenizer of the presets)"
     )
     check.add_argument("--text-field", default="text")
+    check.add_argument(
+        "--text-pair-field", default=None, help="the second text of sentence-pair classification examples"
+    )
     check.add_argument("--label-field", default="label")
     check.add_argument("--num-labels", type=int, default=2)
     options = parser.parse_args(args)
@@ -115,6 +118,7 @@ def _data(args: list[str]) -> int:
         text_field=options.text_field,
         label_field=options.label_field,
         num_labels=options.num_labels,
+        text_pair_field=options.text_pair_field,
     )
     report = check_file(options.file, tokenizer, settings)
     print(report.render())

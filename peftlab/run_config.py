@@ -74,6 +74,7 @@ class DataConfig:
     hf_train_split: str = "train"
     hf_valid_split: str | None = "validation"
     text_field: str = "text"
+    text_pair_field: str | None = None  # sentence-pair classification (MNLI, RTE, ...): the second text's field
     label_field: str = "label"
     max_length: int = 256
     packing: bool = False

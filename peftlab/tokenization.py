@@ -64,16 +64,18 @@ def _bytes_to_unicode() -> dict[int, str]:
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer (ids 0-255 = bytes) with pad/bos/eos/chat tokens and the plain chat template.
 
-    Encoding with special tokens prepends ``<|bos|>``, as Llama tokenizers do.
+    Encoding with special tokens prepends ``<|bos|>``, as Llama tokenizers do; a text pair is
+    ``<|bos|> A <|eos|> B``.
     """
     vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
-    bos_id = backend.token_to_id(BOS_TOKEN)
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A $B", special_tokens=[(BOS_TOKEN, bos_id)]
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B",
+        special_tokens=[(token, backend.token_to_id(token)) for token in (BOS_TOKEN, EOS_TOKEN)],
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

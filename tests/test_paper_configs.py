@@ -16,6 +16,17 @@ from peftlab.hydra_app import CONFIG_PATH, ExperimentConfig
 
 EXPERIMENTS = Path(CONFIG_PATH) / "experiment"
 EXPORT_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "accuracy" / "export_paper_data.py"
+# GLUE sentence-pair task -> (first text field, second text field, classes, and the LoRA paper's Table 9
+# learning rate and epochs for RoBERTa-base)
+GLUE_PAIR_TASKS = {
+    "mnli": ("premise", "hypothesis", 3, 5e-4, 30),
+    "qnli": ("question", "sentence", 2, 4e-4, 25),
+    "qqp": ("question1", "question2", 2, 5e-4, 25),
+    "rte": ("sentence1", "sentence2", 2, 5e-4, 80),
+    "mrpc": ("sentence1", "sentence2", 2, 4e-4, 30),
+}
+# GLUE training examples per task (the sizes of the hub's train splits)
+GLUE_TRAIN_SIZES = {"sst2": 67_349, "mnli": 392_702, "qnli": 104_743, "qqp": 363_846, "rte": 2_490, "mrpc": 3_668}
 # experiment -> (arXiv id, the settings the paper states, as dotted paths into the composed config)
 PAPERS = {
     "paper_lora_roberta_sst2": (
@@ -36,6 +47,29 @@ PAPERS = {
             "train.schedule": "linear",
         },
     ),
+    **{
+        f"paper_lora_roberta_{task}": (
+            "2106.09685",
+            {
+                "model.name_or_path": "roberta-base",
+                "model.task": "sequence_classification",
+                "model.num_labels": num_labels,
+                "method.name": "lora",
+                "method.r": 8,
+                "method.alpha": 8.0,
+                "method.target_modules": ["query", "value"],
+                "data.hf_config": task,
+                "data.text_field": first,
+                "data.text_pair_field": second,
+                "data.max_length": 512,
+                "train.lr": lr,
+                "train.batch_size": 16,
+                "train.epochs": epochs,
+                "train.schedule": "linear",
+            },
+        )
+        for task, (first, second, num_labels, lr, epochs) in GLUE_PAIR_TASKS.items()
+    },
     "paper_prompt_tuning_boolq": (
         "2104.08691",
         {
@@ -131,11 +165,20 @@ def test_paper_experiment_cites_the_paper_and_its_figure(name: str) -> None:
     assert f"experiment={name}" in comments, "the comment must show the command that runs it"
 
 
-def test_lora_warmup_is_six_percent_of_the_sst2_schedule() -> None:
-    settings = compose_experiment("paper_lora_roberta_sst2")
-    sst2_train_sentences = 67_349
-    steps = -(-sst2_train_sentences // settings.train.batch_size) * settings.train.epochs
-    assert settings.train.warmup_steps == round(0.06 * steps)
+@pytest.mark.parametrize("task", sorted(GLUE_TRAIN_SIZES))
+def test_lora_warmup_is_six_percent_of_the_schedule_and_evaluation_is_per_epoch(task: str) -> None:
+    settings = compose_experiment(f"paper_lora_roberta_{task}")
+    steps_per_epoch = -(-GLUE_TRAIN_SIZES[task] // settings.train.batch_size)
+    assert settings.train.warmup_steps == round(0.06 * steps_per_epoch * settings.train.epochs)
+    assert settings.train.eval_every == settings.train.checkpoint_every == steps_per_epoch
+
+
+def test_every_glue_experiment_has_its_own_tags_and_data() -> None:
+    for task in GLUE_TRAIN_SIZES:
+        settings = compose_experiment(f"paper_lora_roberta_{task}")
+        assert settings.tags[-1] == task
+        assert settings.data.hf_dataset == "glue"
+        assert settings.data.format == "classification"
 
 
 @pytest.mark.parametrize("name", sorted(PAPERS))

@@ -16,6 +16,7 @@ from peftlab.data.encode import (
     ClassificationExample,
     EncodingError,
     Example,
+    check_pair_template,
     check_truncation_side,
     encode_example,
     fit_to_length,
@@ -44,6 +45,7 @@ class DataOptions:
     text_field: str = "text"
     label_field: str = "label"
     num_labels: int = 2
+    text_pair_field: str | None = None  # the second text of a sentence-pair classification example
 
     def __post_init__(self) -> None:
         if self.format not in (AUTO, *FORMATS):
@@ -56,6 +58,16 @@ class DataOptions:
             )
         if self.max_length < 2:
             raise ValueError(f"data.max_length is {self.max_length}; it must be at least 2")
+        if self.text_pair_field is not None and self.format not in (AUTO, CLASSIFICATION):
+            raise ValueError(
+                f"data.text_pair_field names a second text of classification examples; "
+                f"data.format is {self.format!r} (unset text_pair_field or use classification)"
+            )
+        if self.text_pair_field is not None and self.text_pair_field == self.text_field:
+            raise ValueError(
+                f"data.text_pair_field and data.text_field are both {self.text_field!r}; "
+                "name the two texts of a pair by different fields"
+            )
 
 
 @dataclass
@@ -122,6 +134,8 @@ def check_lines(
     lines: Iterable[Line], source: str, tokenizer: PreTrainedTokenizerBase, options: DataOptions
 ) -> CheckReport:
     """Validate and tokenise parsed examples (``Line`` = line number + JSON value) from ``source``."""
+    if options.text_pair_field is not None:
+        check_pair_template(tokenizer)
     lines = list(lines)
     fmt, decided_by = _resolve_format(lines, options)
     report = CheckReport(source, fmt, max_length=options.max_length)
@@ -155,12 +169,19 @@ def _line_problems(
     if looks_like is not None and looks_like != fmt:
         origin = f" (decided by line {decided_by})" if decided_by else ""
         return [(f"a {looks_like} example in a {fmt} file{origin}", ERROR)]
-    messages = example_problems(line.value, fmt, options.text_field, options.label_field, options.num_labels)
+    messages = example_problems(
+        line.value, fmt, options.text_field, options.label_field, options.num_labels, options.text_pair_field
+    )
     if messages:
         return [(m, ERROR) for m in messages]
     try:
         example = encode_example(
-            line.value, fmt, tokenizer, text_field=options.text_field, label_field=options.label_field
+            line.value,
+            fmt,
+            tokenizer,
+            text_field=options.text_field,
+            label_field=options.label_field,
+            text_pair_field=options.text_pair_field,
         )
     except EncodingError as error:
         return [(str(error), ERROR)]

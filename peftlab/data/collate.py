@@ -17,7 +17,7 @@ import torch
 from peftlab.data.encode import IGNORE_INDEX, ClassificationExample, Example, TokenExample
 
 Batch = dict[str, torch.Tensor]
-MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "position_ids")
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "token_type_ids")
 
 
 def collate(examples: Sequence[Example], pad_token_id: int) -> Batch:
@@ -25,7 +25,8 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> Batch:
     (plus ``num_tokens``, the count of real tokens).
 
     Token examples get ``labels`` of shape (B, T) with ``IGNORE_INDEX`` on padding; classification
-    examples get ``labels`` of shape (B,).
+    examples get ``labels`` of shape (B,), and ``token_type_ids`` (padding: segment 0) when they carry
+    segment ids.
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
@@ -38,12 +39,22 @@ def collate(examples: Sequence[Example], pad_token_id: int) -> Batch:
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "num_tokens": attention_mask.sum()}
     if all(isinstance(e, ClassificationExample) for e in examples):
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+        if any(e.token_type_ids is not None for e in examples):
+            batch["token_type_ids"] = _segment_ids(examples, length)
         return batch
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
     for row, example in enumerate(examples):
         labels[row, : len(example.labels)] = torch.tensor(example.labels, dtype=torch.long)
     batch["labels"] = labels
     return batch
+
+
+def _segment_ids(examples: Sequence[ClassificationExample], length: int) -> torch.Tensor:
+    segments = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        if example.token_type_ids is not None:
+            segments[row, : len(example.token_type_ids)] = torch.tensor(example.token_type_ids, dtype=torch.long)
+    return segments
 
 
 class PackedExample:

@@ -32,10 +32,12 @@ class TokenExample:
 
 @dataclass
 class ClassificationExample:
-    """A sequence-classification example: token ids and one class id."""
+    """A sequence-classification example: token ids, one class id and, for a sentence pair whose
+    tokenizer marks the segments (BERT), the segment of each token."""
 
     input_ids: list[int]
     label: int
+    token_type_ids: list[int] | None = None
 
 
 Example = TokenExample | ClassificationExample
@@ -48,7 +50,8 @@ class EncodingError(ValueError):
 def encode_example(
     value: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase, **fields: str
 ) -> Example:
-    """Tokenise one validated example of format ``fmt`` (``fields``: ``text_field``, ``label_field``)."""
+    """Tokenise one validated example of format ``fmt``
+    (``fields``: ``text_field``, ``label_field``, ``text_pair_field``)."""
     if fmt == CHAT:
         return encode_chat(value["messages"], tokenizer)
     if fmt == COMPLETION:
@@ -56,7 +59,9 @@ def encode_example(
     if fmt == CLASSIFICATION:
         text_field = fields.get("text_field", "text")
         label_field = fields.get("label_field", "label")
-        return encode_classification(value[text_field], value[label_field], tokenizer)
+        pair_field = fields.get("text_pair_field")
+        text_pair = value[pair_field] if pair_field else None
+        return encode_classification(value[text_field], value[label_field], tokenizer, text_pair)
     raise ValueError(f"unknown data format {fmt!r}")
 
 
@@ -95,9 +100,27 @@ def encode_completion(prompt: str, completion: str, tokenizer: PreTrainedTokeniz
     return TokenExample(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids)
 
 
-def encode_classification(text: str, label: int, tokenizer: PreTrainedTokenizerBase) -> ClassificationExample:
-    """``text`` with the tokenizer's special tokens, and its class id."""
-    return ClassificationExample(list(tokenizer(text, add_special_tokens=True)["input_ids"]), int(label))
+def encode_classification(
+    text: str, label: int, tokenizer: PreTrainedTokenizerBase, text_pair: str | None = None
+) -> ClassificationExample:
+    """``text`` (and ``text_pair``, joined as the tokenizer joins two segments) with the tokenizer's
+    special tokens, and its class id. A pair keeps the tokenizer's segment ids when it makes them."""
+    encoded = tokenizer(text, text_pair, add_special_tokens=True)
+    segments = encoded.get("token_type_ids") if text_pair is not None else None
+    return ClassificationExample(
+        list(encoded["input_ids"]), int(label), list(segments) if segments is not None else None
+    )
+
+
+def check_pair_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Raise ``ValueError`` naming ``data.text_pair_field`` when ``tokenizer`` joins the two texts of a
+    pair with nothing between them (GPT-2's has no pair template), so a model could not tell them apart."""
+    if tokenizer.num_special_tokens_to_add(pair=True) <= tokenizer.num_special_tokens_to_add(pair=False):
+        raise ValueError(
+            f"data.text_pair_field: the tokenizer ({type(tokenizer).__name__}) joins the two texts of a pair "
+            "with no token between them; use a model whose tokenizer has a pair template (BERT, RoBERTa, "
+            "...), or join the texts in the data yourself and unset data.text_pair_field"
+        )
 
 
 TRUNCATION_SIDES = ("right", "left")
@@ -129,9 +152,9 @@ def fit_to_length(
             "(raise data.max_length, shorten the example, or set data.truncation=true)"
         )
     if isinstance(example, ClassificationExample):
-        return ClassificationExample(
-            example.input_ids[:max_length], example.label
-        ), f"truncated from {length} to {max_length} tokens"
+        segments = example.token_type_ids[:max_length] if example.token_type_ids is not None else None
+        cut_example = ClassificationExample(example.input_ids[:max_length], example.label, segments)
+        return cut_example, f"truncated from {length} to {max_length} tokens"
     kept = slice(length - max_length, None) if side == "left" else slice(0, max_length)
     cut = TokenExample(example.input_ids[kept], example.labels[kept])
     if cut.num_trained_tokens() == 0:

@@ -3,7 +3,9 @@
 - chat: ``{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}``
   (loss on the assistant turns only);
 - completion: ``{"prompt": "...", "completion": "..."}`` (loss on the completion only);
-- classification: ``{"text": "...", "label": 0}`` (encoder models; field names are configurable).
+- classification: ``{"text": "...", "label": 0}`` (encoder models; field names are configurable), or a
+  sentence pair ``{"premise": "...", "hypothesis": "...", "label": 0}`` with ``text_pair_field`` naming the
+  second text (GLUE MNLI, RTE, MRPC, ...).
 
 Checks return messages instead of raising, whatever the JSON value holds.
 """
@@ -50,7 +52,12 @@ def detect_format(value: Any, text_field: str = "text") -> str | None:
 
 
 def example_problems(
-    value: Any, fmt: str, text_field: str = "text", label_field: str = "label", num_labels: int = 2
+    value: Any,
+    fmt: str,
+    text_field: str = "text",
+    label_field: str = "label",
+    num_labels: int = 2,
+    text_pair_field: str | None = None,
 ) -> list[str]:
     """Everything wrong with one example of format ``fmt`` (empty when it can be used)."""
     if not isinstance(value, dict):
@@ -60,7 +67,7 @@ def example_problems(
     if fmt == COMPLETION:
         return _completion_problems(value)
     if fmt == CLASSIFICATION:
-        return _classification_problems(value, text_field, label_field, num_labels)
+        return _classification_problems(value, text_field, label_field, num_labels, text_pair_field)
     raise ValueError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -117,9 +124,11 @@ def _completion_problems(value: dict[str, Any]) -> list[str]:
 
 
 def _classification_problems(
-    value: dict[str, Any], text_field: str, label_field: str, num_labels: int
+    value: dict[str, Any], text_field: str, label_field: str, num_labels: int, text_pair_field: str | None
 ) -> list[str]:
     problems = _text_problems(value, text_field)
+    if text_pair_field is not None:
+        problems.extend(_text_problems(value, text_pair_field))
     label = value.get(label_field)
     if label_field not in value:
         problems.append(f"field '{label_field}' is missing (classification format)")
