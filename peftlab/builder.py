@@ -92,10 +92,26 @@ def method_config(settings: MethodSettings, task: str = "causal_lm", tokenizer: 
     return config_class(**kwargs)
 
 
+@contextmanager
+def naming_the_setting(setting: str, value: str) -> Iterator[None]:
+    """Turn ``transformers``' ``OSError`` for a model or tokenizer that cannot be found (a wrong id, a
+    folder without its files, a hub that cannot be reached) into a ``ValueError`` naming ``setting``."""
+    try:
+        yield
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{setting}={value!r}: cannot load it ({reason}); give a local folder, an installed package "
+            "that ships weights (python -m peftlab.sources assets), or a Hugging Face id, fetched once where "
+            "the hub is reachable (it is cached)"
+        ) from error
+
+
 def build_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     """``model.tokenizer`` if set, else the model's own tokenizer, else (presets) the byte tokenizer."""
     if model.tokenizer:
-        return load_tokenizer(model.tokenizer)
+        with naming_the_setting("model.tokenizer", model.tokenizer):
+            return load_tokenizer(model.tokenizer)
     if model.preset:
         return load_tokenizer(None)
     if not model.name_or_path:
@@ -103,7 +119,8 @@ def build_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     source = model_source(model)
     if source.gguf_path is not None:
         return load_tokenizer(gguf_cache(source.gguf_path, model.dtype))
-    return load_tokenizer(source.location, source.hub_gguf_file)
+    with naming_the_setting("model.name_or_path", str(model.name_or_path)):
+        return load_tokenizer(source.location, source.hub_gguf_file)
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,11 @@ def model_source(model: ModelConfig) -> ModelSource:
     if not path.exists():
         return ModelSource(name, hub_gguf_file=model.gguf_file)
     holds_only_gguf = path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf"))
+    if path.is_dir() and not (path / "config.json").is_file() and not holds_only_gguf:
+        raise ValueError(
+            f"model.name_or_path={name!r}: the folder holds neither a config.json (a transformers model "
+            "saved with save_pretrained) nor a .gguf file"
+        )
     if model.gguf_file or path.suffix == ".gguf" or holds_only_gguf:
         return ModelSource(str(path), gguf_path=resolve_gguf_file(path, model.gguf_file))
     return ModelSource(str(path))
@@ -144,9 +166,10 @@ def build_base_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, see
         source = model_source(model)
         location = str(gguf_cache(source.gguf_path, model.dtype)) if source.gguf_path else source.location
         kwargs = {"gguf_file": source.hub_gguf_file} if source.hub_gguf_file else {}
-        base = load_pretrained(
-            location, task=model.task, num_labels=model.num_labels, dtype=model.dtype, **kwargs
-        )
+        with naming_the_setting("model.name_or_path", str(model.name_or_path)):
+            base = load_pretrained(
+                location, task=model.task, num_labels=model.num_labels, dtype=model.dtype, **kwargs
+            )
     else:
         raise ValueError("model.preset and model.name_or_path are both empty; set one of them")
     align_special_tokens(base, tokenizer)

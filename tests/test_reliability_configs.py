@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import peftlab.train
+from peftlab.builder import naming_the_setting
 from peftlab.errors import AdapterError
 from peftlab.hydra_app import train_main
 from peftlab.report import main as report_main
@@ -125,6 +126,30 @@ def test_the_train_command_reports_a_bad_config_in_one_line_without_a_traceback(
     assert len(error_lines) == 1 and error_lines[0].startswith(message), err
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "failed" and message.split("error: ")[1] in result["error"]
+
+
+def test_a_model_folder_without_a_model_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "my_model"
+    empty.mkdir()
+    overrides = ["model.preset=null", f"model.name_or_path={empty}", f"hydra.run.dir={tmp_path / 'run'}"]
+    monkeypatch.setattr(sys, "argv", ["peftlab train", *QUICK, *overrides])
+    with pytest.raises(SystemExit) as exit_info:
+        train_main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert f"peftlab train: error: model.name_or_path='{empty}': the folder holds neither a config.json" in err
+
+
+def test_a_model_that_cannot_be_fetched_names_the_setting() -> None:
+    unreachable = OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+    with pytest.raises(ValueError) as caught, naming_the_setting("model.name_or_path", "roberta-base"):
+        raise unreachable
+    message = str(caught.value)
+    assert message.startswith("model.name_or_path='roberta-base': cannot load it (We couldn't connect")
+    assert "\n" not in message and "fetched once where the hub is reachable" in message
+    assert caught.value.__cause__ is unreachable
 
 
 # --- run folders -------------------------------------------------------------------------------------
