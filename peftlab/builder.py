@@ -200,6 +200,7 @@ class InitSource:
     adapter_dir: Path | None
     checkpoint_dir: Path | None
     base_dir: Path | None
+    run_dir: Path | None = None  # the run folder it belongs to, when there is one
 
 
 def resolve_init_source(path: str | Path) -> InitSource:
@@ -208,22 +209,36 @@ def resolve_init_source(path: str | Path) -> InitSource:
     if (path / RESOLVED_CONFIG_NAME).is_file():
         base_dir = path / BASE_MODEL_DIR if (path / BASE_MODEL_DIR).is_dir() else None
         if (path / ADAPTER_DIR / CONFIG_NAME).is_file():
-            return InitSource(path / ADAPTER_DIR, None, base_dir)
+            return InitSource(path / ADAPTER_DIR, None, base_dir, path)
         checkpoint, skipped = latest_checkpoint(path)
         if checkpoint is None:
             reasons = "; ".join(skipped) or "it has no adapter/ and no checkpoint"
             raise ValueError(f"train.init_from={path}: nothing to continue from ({reasons})")
-        return InitSource(None, checkpoint, base_dir)
+        return InitSource(None, checkpoint, base_dir, path)
     if (path / CONFIG_NAME).is_file():
         return InitSource(path, None, None)
     if (path / MANIFEST_FILE).is_file():
         run_dir = path.parent.parent
         base_dir = run_dir / BASE_MODEL_DIR if (run_dir / BASE_MODEL_DIR).is_dir() else None
-        return InitSource(None, path, base_dir)
+        owner = run_dir if (run_dir / RESOLVED_CONFIG_NAME).is_file() else None
+        return InitSource(None, path, base_dir, owner)
     raise ValueError(
         f"train.init_from={path}: not a run folder ({RESOLVED_CONFIG_NAME}), "
         f"an adapter folder ({CONFIG_NAME}) or a checkpoint folder ({MANIFEST_FILE})"
     )
+
+
+def check_same_classifier(cfg: RunConfig, source: InitSource) -> None:
+    """Raise ``ValueError`` when ``train.init_from`` is a classification run with another number of
+    labels than ``model.num_labels`` (its classifier could not be loaded into this model)."""
+    if source.run_dir is None or cfg.model.task != "sequence_classification":
+        return
+    saved = load_resolved_config(source.run_dir).model
+    if saved.task == cfg.model.task and saved.num_labels != cfg.model.num_labels:
+        raise ValueError(
+            f"train.init_from={cfg.train.init_from}: that run's classifier has {saved.num_labels} labels and "
+            f"model.num_labels is {cfg.model.num_labels}; continuing a run keeps its classification head"
+        )
 
 
 def build_peft_model(cfg: RunConfig, base: nn.Module, tokenizer: Any = None) -> PeftLabModel:
@@ -264,7 +279,9 @@ def build_for_run(
     if cfg.train.resume and saved_base is not None and saved_base.is_dir():
         base_dir = saved_base
     elif cfg.train.init_from:
-        base_dir = resolve_init_source(cfg.train.init_from).base_dir
+        source = resolve_init_source(cfg.train.init_from)
+        check_same_classifier(cfg, source)
+        base_dir = source.base_dir
     if base_dir is not None:
         base = _load_saved_base(base_dir, cfg, tokenizer)
     else:

@@ -107,13 +107,14 @@ def test_pair_batches_give_the_logits_of_the_tokenizers_own_pair_batch(tmp_path:
     assert not torch.allclose(ours, one_segment, atol=1e-4), "the segment ids must reach the model"
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "prefix_tuning", "full"])
-def test_each_method_fits_pairs_whose_label_is_in_the_second_text(tmp_path: Path, method: str) -> None:
+def pair_run(tmp_path: Path, method: str, rows: list[dict], name: str = "run", num_labels: int = 2) -> RunConfig:
+    """A tiny-BERT classifier run on ``rows`` (premise / hypothesis pairs) with a WordPiece tokenizer."""
     bert_tokenizer(tmp_path / "tok")
-    path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    path = write_jsonl(tmp_path / f"{name}.jsonl", rows)
     cfg = RunConfig()
     cfg.model.preset = "tiny-bert"
     cfg.model.task = "sequence_classification"
+    cfg.model.num_labels = num_labels
     cfg.model.tokenizer = str(tmp_path / "tok")
     cfg.method.name = method
     cfg.method.num_virtual_tokens = 4
@@ -123,8 +124,13 @@ def test_each_method_fits_pairs_whose_label_is_in_the_second_text(tmp_path: Path
     cfg.train.batch_size, cfg.train.max_steps = 4, 100
     cfg.train.lr = {"lora": 3e-2, "prompt_tuning": 1e-1, "prefix_tuning": 1e-1, "full": 3e-3}[method]
     cfg.logger.console = False
-    cfg.output_dir = str(tmp_path / "run")
-    summary = train(cfg)
+    cfg.output_dir = str(tmp_path / name)
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "prefix_tuning", "full"])
+def test_each_method_fits_pairs_whose_label_is_in_the_second_text(tmp_path: Path, method: str) -> None:
+    summary = train(pair_run(tmp_path, method, PAIRS))
     assert summary["valid_accuracy"] == 1.0
     assert summary["final_train_loss"] < 0.5 * summary["first_train_loss"]
 
@@ -173,3 +179,17 @@ def test_data_check_reads_pairs_from_the_command_line(tmp_path: Path, capsys) ->
     output = capsys.readouterr().out
     assert f"{path}:5: field 'hypothesis' is missing" in output
     assert "4 usable examples (classification)" in output
+
+
+def test_continuing_a_run_with_another_number_of_labels_is_a_clear_error(tmp_path: Path) -> None:
+    three_way = [dict(row, label=index % 3) for index, row in enumerate(PAIRS)]
+    first = pair_run(tmp_path, "lora", three_way, name="mnli", num_labels=3)
+    first.train.max_steps = 2
+    train(first)
+    second = pair_run(tmp_path, "lora", PAIRS, name="rte")
+    second.train.init_from = str(tmp_path / "mnli")
+    with pytest.raises(ValueError, match=r"that run's classifier has 3 labels and model\.num_labels is 2"):
+        train(second)
+    second.model.num_labels = 3
+    second.train.max_steps = 2
+    assert train(second)["steps"] == 2
