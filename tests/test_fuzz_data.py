@@ -31,12 +31,21 @@ VALID_EXAMPLES: dict[str, dict[str, Any]] = {
     "chat": {"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]},
     "completion": {"prompt": "2 + 2 =", "completion": " 4"},
     "classification": {"text": "a fine film", "label": 1},
+    "sentence_pair": {"premise": "a cat sleeps", "hypothesis": "an animal rests", "label": 1},
 }
 # (path into the example, field name) of each required field, per format
 REQUIRED_FIELDS: dict[str, list[tuple[tuple[Any, ...], str]]] = {
     "chat": [(("messages",), "messages"), (("messages", 0, "role"), "role"), (("messages", 1, "content"), "content")],
     "completion": [(("prompt",), "prompt"), (("completion",), "completion")],
     "classification": [(("text",), "text"), (("label",), "label")],
+    "sentence_pair": [(("premise",), "premise"), (("hypothesis",), "hypothesis"), (("label",), "label")],
+}
+# the data options each kind of example is checked with
+OPTIONS: dict[str, dict[str, Any]] = {
+    "chat": {"format": "chat"},
+    "completion": {"format": "completion"},
+    "classification": {"format": "classification"},
+    "sentence_pair": {"format": "classification", "text_field": "premise", "text_pair_field": "hypothesis"},
 }
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
@@ -139,7 +148,7 @@ def test_mutated_examples_are_used_or_reported_on_their_line(tmp_path: Path, dat
     examples = data.draw(st.lists(mutated_example(fmt), min_size=1, max_size=6))
     path = tmp_path / "mutated.jsonl"
     path.write_text("\n".join(json.dumps(value) for value, _ in examples) + "\n", encoding="utf-8")
-    report = check_file(path, TOKENIZER, DataOptions(format=fmt, max_length=256))
+    report = check_file(path, TOKENIZER, DataOptions(**OPTIONS[fmt], max_length=256))
     lines = {number: b"x" for number in range(1, len(examples) + 1)}
     assert_every_line_accounted_for(report, path, lines)
     errors = {p.line: str(p) for p in report.errors}
