@@ -141,8 +141,9 @@ def model_source(model: ModelConfig) -> ModelSource:
         path = installed_package_model_dir(name)
     if not path.exists():
         return ModelSource(name, hub_gguf_file=model.gguf_file)
-    holds_only_gguf = path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf"))
-    if path.is_dir() and not (path / "config.json").is_file() and not holds_only_gguf:
+    folder_without_config = path.is_dir() and not (path / "config.json").is_file()
+    holds_only_gguf = folder_without_config and any(path.glob("*.gguf"))
+    if folder_without_config and not holds_only_gguf:
         raise ValueError(
             f"model.name_or_path={name!r}: the folder holds neither a config.json (a transformers model "
             "saved with save_pretrained) nor a .gguf file"

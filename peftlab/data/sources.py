@@ -44,7 +44,7 @@ def data_options(data: Any, task: str = "causal_lm", num_labels: int = 2) -> Dat
         text_field=data.text_field,
         label_field=data.label_field,
         num_labels=num_labels,
-        text_pair_field=getattr(data, "text_pair_field", None),
+        text_pair_field=data.text_pair_field,
     )
 
 
