@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from peftlab.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, read_adapter_tensors
+from peftlab.fresh_head import with_fresh_head
 from peftlab.methods import FullFinetune, method_for_config, method_for_peft_type
 from peftlab.methods.base import PeftLabModel
 from peftlab.safety import check_sizes_match_tensors
@@ -26,11 +27,15 @@ def apply(model: nn.Module, config: Any) -> PeftLabModel:
     return PeftLabModel(model, method)
 
 
-def load_adapter(model: nn.Module, directory: str | Path, trainable: bool = False) -> PeftLabModel:
+def load_adapter(
+    model: nn.Module, directory: str | Path, trainable: bool = False, fresh_head: bool = False
+) -> PeftLabModel:
     """Load an adapter saved by peftlab or by Hugging Face PEFT onto ``model``.
 
     With ``trainable=False`` the adapter's parameters are frozen (inference); with ``True`` training
-    continues from the saved values. Files are validated before the model is touched.
+    continues from the saved values. With ``fresh_head=True`` the saved classification head is left
+    out and ``model``'s own head (any number of labels) is kept. Files are validated before the model
+    is touched.
     """
     directory = Path(directory)
     fields = read_adapter_config(directory)
@@ -48,6 +53,8 @@ def load_adapter(model: nn.Module, directory: str | Path, trainable: bool = Fals
     # Validate the files against a model that has not been changed yet, then attach and copy.
     method.attach(model)
     try:
+        if fresh_head:
+            state = with_fresh_head(state, method.adapter_state_dict(model), weights_source)
         method.load_adapter_state_dict(model, state, weights_source)
     except Exception:
         method.detach_from(model)

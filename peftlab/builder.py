@@ -231,14 +231,15 @@ def resolve_init_source(path: str | Path) -> InitSource:
 
 def check_same_classifier(cfg: RunConfig, source: InitSource) -> None:
     """Raise ``ValueError`` when ``train.init_from`` is a classification run with another number of
-    labels than ``model.num_labels`` (its classifier could not be loaded into this model)."""
-    if source.run_dir is None or cfg.model.task != "sequence_classification":
+    labels than ``model.num_labels`` and its head is kept (it could not be loaded into this model)."""
+    if source.run_dir is None or cfg.model.task != "sequence_classification" or cfg.train.init_head == "new":
         return
     saved = load_resolved_config(source.run_dir).model
     if saved.task == cfg.model.task and saved.num_labels != cfg.model.num_labels:
         raise ValueError(
             f"train.init_from={cfg.train.init_from}: that run's classifier has {saved.num_labels} labels and "
-            f"model.num_labels is {cfg.model.num_labels}; continuing a run keeps its classification head"
+            f"model.num_labels is {cfg.model.num_labels}; continuing a run keeps its classification head "
+            "unless train.init_head=new"
         )
 
 
@@ -247,6 +248,7 @@ def build_peft_model(cfg: RunConfig, base: nn.Module, tokenizer: Any = None) -> 
     if not cfg.train.init_from:
         return peftlab.apply(base, method_config(cfg.method, cfg.model.task, tokenizer))
     source = resolve_init_source(cfg.train.init_from)
+    fresh_head = cfg.train.init_head == "new"
     if source.adapter_dir is not None:
         peft_type = str(read_adapter_config(source.adapter_dir).get("peft_type"))
         saved_method = METHOD_FOR_PEFT_TYPE.get(peft_type, peft_type)
@@ -255,10 +257,10 @@ def build_peft_model(cfg: RunConfig, base: nn.Module, tokenizer: Any = None) -> 
                 f"train.init_from={cfg.train.init_from} holds a {saved_method} adapter but method.name is "
                 f"{cfg.method.name}; set method.name={saved_method}"
             )
-        return peftlab.load_adapter(base, source.adapter_dir, trainable=True)
+        return peftlab.load_adapter(base, source.adapter_dir, trainable=True, fresh_head=fresh_head)
     model = peftlab.apply(base, method_config(cfg.method, cfg.model.task, tokenizer))
     try:
-        load_checkpoint(source.checkpoint_dir, model, restore_rng=False)
+        load_checkpoint(source.checkpoint_dir, model, restore_rng=False, fresh_head=fresh_head)
     except CheckpointError as error:
         raise ValueError(f"train.init_from={cfg.train.init_from}: {error}") from None
     return model
@@ -284,7 +286,8 @@ def build_for_run(
         check_same_classifier(cfg, source)
         base_dir = source.base_dir
     if base_dir is not None:
-        base = _load_saved_base(base_dir, cfg, tokenizer)
+        # a new head may have another number of labels than the saved base's: that head is drawn anew
+        base = _load_saved_base(base_dir, cfg, tokenizer, new_head=cfg.train.init_head == "new")
     else:
         base = build_base_model(cfg.model, tokenizer, cfg.seed)
     if run_dir is not None:
@@ -320,11 +323,15 @@ def save_base_model(base: nn.Module, directory: Path) -> None:
     os.replace(temp, directory)
 
 
-def _load_saved_base(directory: Path, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
-    """A base model a run saved (``base_model/``), with the run's task, dtype and special tokens."""
+def _load_saved_base(
+    directory: Path, cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, new_head: bool = False
+) -> nn.Module:
+    """A base model a run saved (``base_model/``), with the run's task, dtype and special tokens
+    (``new_head``: a classification head of another size than the saved one is initialised anew)."""
+    options = {"ignore_mismatched_sizes": True} if new_head else {}
     with quiet_progress_bars():
         base = load_pretrained(
-            str(directory), task=cfg.model.task, num_labels=cfg.model.num_labels, dtype=cfg.model.dtype
+            str(directory), task=cfg.model.task, num_labels=cfg.model.num_labels, dtype=cfg.model.dtype, **options
         )
     align_special_tokens(base, tokenizer)
     return base

@@ -31,6 +31,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peftlab.fresh_head import with_fresh_head
+
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -160,13 +162,20 @@ def load_checkpoint(
     scheduler: Any = None,
     scaler: Any = None,
     restore_rng: bool = True,
+    fresh_head: bool = False,
 ) -> Progress:
     """Verify a checkpoint, then restore the trainable parameters (and optimiser, scheduler, scaler, RNG).
 
     Every file is read and checked before anything is restored, so a bad checkpoint changes nothing.
+    ``fresh_head=True`` (weights only) keeps ``model``'s own classification head instead of the saved one.
     """
     path = Path(path)
     if verify_checkpoint(path).get("layout") == "sharded":
+        if fresh_head:
+            raise CheckpointError(
+                f"{path}: a sharded checkpoint cannot start a run with a new head (train.init_head=new); "
+                "continue from that run's adapter/ folder instead"
+            )
         from peftlab.distributed import load_sharded_checkpoint
 
         return load_sharded_checkpoint(path, model, optimizer, scheduler, scaler, restore_rng)
@@ -177,6 +186,10 @@ def load_checkpoint(
     weights = _read_tensors(path / MODEL_FILE)
     state = _read_state(path / STATE_FILE)
     optimizer_tensors = _read_tensors(path / OPTIMIZER_FILE) if optimizer is not None else {}
+    if fresh_head:
+        if optimizer is not None:
+            raise ValueError("a new head starts a new run: its optimiser state cannot be restored")
+        weights = with_fresh_head(weights, trainable_state(model), str(path / MODEL_FILE))
     load_trainable_state(model, weights, str(path / MODEL_FILE))
     if optimizer is not None:
         optimizer.load_state_dict(_optimizer_state(state["optimizer"], optimizer_tensors))

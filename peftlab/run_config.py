@@ -102,6 +102,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     init_from: str | None = None  # a saved adapter / full checkpoint to continue from
+    init_head: str = "keep"  # keep | new: with init_from, a new classification head (e.g. MNLI -> RTE)
     skip_nonfinite: bool = False
     device: str = "auto"  # auto | cpu | cuda
     strategy: str = "none"  # none | ddp | fsdp: how the processes of a torchrun / SLURM launch share the model

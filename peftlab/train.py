@@ -56,6 +56,7 @@ from peftlab.data import (
     model_inputs,
     pack,
 )
+from peftlab.fresh_head import check_init_head
 from peftlab.logging import EVENTS_FILE, ConsoleSink, EventSink, JsonlSink, read_events, rewind_events
 from peftlab.methods import PeftLabModel
 from peftlab.metrics import LossTerms, causal_lm_terms, classification_terms, count_targets
@@ -605,6 +606,7 @@ def _check_train_settings(cfg: RunConfig) -> None:
     if not t.weight_decay >= 0:
         raise ValueError(f"train.weight_decay is {t.weight_decay}; it must be at least 0")
     _check_method_settings(cfg)
+    check_init_head(t.init_head, t.init_from, cfg.model.task)
     distributed.check_strategy(t.strategy)
     if t.strategy == "fsdp" and t.precision == "fp16":
         raise ValueError("train.precision=fp16 (loss scaling) needs train.strategy none or ddp; use bf16")

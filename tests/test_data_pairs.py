@@ -10,11 +10,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
+from peftlab.builder import build_for_run, load_run
 from peftlab.cli import main
 from peftlab.data import ClassificationExample, DataError, collate, load_data, model_inputs
 from peftlab.data.check import DataOptions, check_lines
 from peftlab.data.encode import encode_classification, fit_to_length
 from peftlab.data.jsonl import Line
+from peftlab.fresh_head import is_head_key, with_fresh_head
 from peftlab.models import build_model
 from peftlab.run_config import DataConfig, RunConfig
 from peftlab.tokenization import build_byte_tokenizer
@@ -193,3 +195,88 @@ def test_continuing_a_run_with_another_number_of_labels_is_a_clear_error(tmp_pat
     second.model.num_labels = 3
     second.train.max_steps = 2
     assert train(second)["steps"] == 2
+
+
+def head_and_body(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A wrapped model's trainable tensors, as its adapter saves them, split into head and the rest."""
+    state = {key: value.clone() for key, value in model.method.adapter_state_dict(model.base_model).items()}
+    head = {key: value for key, value in state.items() if is_head_key(key)}
+    return head, {key: value for key, value in state.items() if key not in head}
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "prefix_tuning", "full"])
+@pytest.mark.parametrize("source", ["run", "checkpoint"])
+def test_continuing_with_a_new_head_keeps_the_trained_body_and_draws_a_head_of_the_new_size(
+    tmp_path: Path, method: str, source: str
+) -> None:
+    three_way = [dict(row, label=index % 3) for index, row in enumerate(PAIRS)]
+    first = pair_run(tmp_path, method, three_way, name="mnli", num_labels=3)
+    first.train.max_steps = 3
+    train(first)
+    saved_head, saved_body = head_and_body(load_run(tmp_path / "mnli").model)
+    assert saved_head and all(tensor.shape[0] == 3 for key, tensor in saved_head.items() if key.endswith("weight"))
+
+    second = pair_run(tmp_path, method, PAIRS, name="rte")
+    checkpoints = sorted((tmp_path / "mnli" / "checkpoints").iterdir())
+    second.train.init_from = str(tmp_path / "mnli" if source == "run" else checkpoints[-1])
+    second.train.init_head = "new"
+    start, _ = build_for_run(second)
+    head, body = head_and_body(start)
+    assert body.keys() == saved_body.keys()
+    for key, tensor in saved_body.items():
+        torch.testing.assert_close(body[key], tensor, rtol=0, atol=0, msg=key)
+    assert head.keys() == saved_head.keys()
+    assert all(tensor.shape[0] == 2 for key, tensor in head.items() if key.endswith("weight"))
+
+    second.train.max_steps = 2
+    assert train(second)["steps"] == 2
+    continued_head, _ = head_and_body(load_run(tmp_path / "rte").model)
+    assert all(tensor.shape[0] == 2 for key, tensor in continued_head.items() if key.endswith("weight"))
+
+
+def test_a_new_head_of_the_same_size_replaces_the_trained_one(tmp_path: Path) -> None:
+    first = pair_run(tmp_path, "lora", PAIRS, name="sst")
+    first.train.max_steps = 3
+    train(first)
+    saved_head, saved_body = head_and_body(load_run(tmp_path / "sst").model)
+    second = pair_run(tmp_path, "lora", PAIRS, name="rte")
+    second.train.init_from = str(tmp_path / "sst")
+    kept, _ = build_for_run(second)
+    second.train.init_head = "new"
+    fresh, _ = build_for_run(second)
+    kept_head, _ = head_and_body(kept)
+    fresh_head, fresh_body = head_and_body(fresh)
+    for key, tensor in saved_head.items():
+        torch.testing.assert_close(kept_head[key], tensor, rtol=0, atol=0)
+        assert not torch.equal(fresh_head[key], tensor), f"{key}: the trained head was loaded"
+    for key, tensor in saved_body.items():
+        torch.testing.assert_close(fresh_body[key], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"init_head": "fresh"}, r"train\.init_head is 'fresh'; choose one of keep, new"),
+        ({"init_head": "new"}, r"train\.init_head=new needs train\.init_from"),
+        ({"init_head": "new", "init_from": "elsewhere", "task": "causal_lm"}, r"applies to model\.task=sequence_classification"),
+    ],
+)
+def test_a_new_head_that_cannot_apply_is_refused_before_loading(tmp_path: Path, settings: dict, message: str) -> None:
+    cfg = pair_run(tmp_path, "lora", PAIRS)
+    cfg.train.init_head = settings["init_head"]
+    cfg.train.init_from = settings.get("init_from")
+    cfg.model.task = settings.get("task", cfg.model.task)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    written = {path.name for path in (tmp_path / "run").glob("*")} if (tmp_path / "run").exists() else set()
+    assert written <= {".peftlab.lock"}, written  # refused before the tokenizer or model was saved
+
+
+def test_a_new_head_needs_a_head_in_the_saved_tensors() -> None:
+    saved = {"base_model.model.encoder.layer.0.query.lora_A.weight": torch.zeros(2, 4)}
+    with pytest.raises(ValueError, match=r"adapter\.safetensors: train\.init_head=new, but the saved tensors hold no"):
+        with_fresh_head(saved, saved, "adapter.safetensors")
+    head = {"base_model.model.classifier.modules_to_save.weight": torch.ones(2, 4)}
+    fresh = with_fresh_head({**saved, "base_model.model.classifier.modules_to_save.weight": torch.zeros(3, 4)}, head, "x")
+    assert fresh["base_model.model.classifier.modules_to_save.weight"].shape == (2, 4)
+    assert not is_head_key("base_model.model.bert.pooler.dense.weight") and not is_head_key("classifier")

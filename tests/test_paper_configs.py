@@ -209,3 +209,16 @@ def test_paper_data_export_never_replaces_existing_files(tmp_path: Path) -> None
     with pytest.raises(FileExistsError, match="--overwrite"):
         export.write_jsonl(target, [{"prompt": "p", "completion": " c"}], overwrite=False)
     assert target.read_text(encoding="utf-8") == "mine\n"
+
+
+@pytest.mark.parametrize("task", ["rte", "mrpc"])
+def test_the_paper_start_from_an_mnli_run_is_the_documented_command(task: str) -> None:
+    name = f"paper_lora_roberta_{task}"
+    comments = (EXPERIMENTS / f"{name}.yaml").read_text(encoding="utf-8")
+    command = re.search(rf"peftlab train experiment={name} (train\.init_from=\S+ train\.init_head=new)", comments)
+    assert command is not None, "the comment must show how to start from an MNLI run"
+    settings = compose_experiment(name, *command.group(1).split())
+    assert settings.train.init_head == "new" and settings.train.init_from == "MNLI_RUN_DIR"
+    assert dotted(settings, "model.num_labels") == 2
+    mnli = compose_experiment("paper_lora_roberta_mnli")
+    assert dotted(mnli, "model.num_labels") == 3 and mnli.method == settings.method
