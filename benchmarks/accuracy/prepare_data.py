@@ -25,13 +25,15 @@ from peftlab.sources.assets import AssetError
 
 DEFAULT_OUT = Path("data/accuracy")
 TUNING_VALID_SIZE = 300
-# folder name -> task name: the sentiment anchor, BBC topics, and two BIG-bench tasks of different kinds
-# (3-way natural-language inference; yes/no commonsense questions)
+# folder name -> task name: the sentiment anchor, BBC topics, two BIG-bench tasks of different kinds
+# (3-way natural-language inference; yes/no commonsense questions), and BIG-bench's large 3-way fact
+# verification task, the intermediate task the small NLI task can start from (as LoRA's RTE from MNLI)
 TASKS = {
     "pang_lee": "pang_lee",
     "bbc_news": "bbc_news",
     "presuppositions_as_nli": "bigbench/presuppositions_as_nli",
     "strategyqa": "bigbench/strategyqa",
+    "vitaminc_fact_verification": "bigbench/vitaminc_fact_verification",
 }
 
 
