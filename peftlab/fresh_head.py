@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import torch
 
-# The output heads of ``AutoModelForSequenceClassification`` models (``classifier``: BERT, RoBERTa, ...;
-# ``score``: decoder-based classifiers), the same names PEFT trains in full for SEQ_CLS.
-HEAD_NAMES = ("classifier", "score")
+from peftlab.methods.base import CLASSIFICATION_HEAD_NAMES
+
 INIT_HEAD_CHOICES = ("keep", "new")
 
 
 def is_head_key(key: str) -> bool:
     """Whether a saved tensor's name lies inside a classification head module."""
-    return any(part in HEAD_NAMES for part in key.split(".")[:-1])
+    return any(part in CLASSIFICATION_HEAD_NAMES for part in key.split(".")[:-1])
 
 
 def with_fresh_head(
@@ -32,7 +31,7 @@ def with_fresh_head(
     if not head_keys:
         raise ValueError(
             f"{source}: train.init_head=new, but the saved tensors hold no classification head "
-            f"({' / '.join(HEAD_NAMES)}) to replace"
+            f"({' / '.join(CLASSIFICATION_HEAD_NAMES)}) to replace"
         )
     fresh = dict(saved)
     for key in head_keys:

@@ -16,6 +16,11 @@ from torch import nn
 
 from peftlab.errors import AdapterError
 
+# The output heads of ``AutoModelForSequenceClassification`` models (``classifier``: BERT, RoBERTa, ...;
+# ``score``: decoder-based classifiers). PEFT trains them in full for every SEQ_CLS adapter
+# (``modules_to_save``), whether the model has them or not.
+CLASSIFICATION_HEAD_NAMES = ("classifier", "score")
+
 __all__ = ["AdapterError", "Method", "PeftLabModel"]
 
 

@@ -25,7 +25,7 @@ from transformers.pytorch_utils import Conv1D
 import peftlab.kernels as kernels
 from peftlab.adapters import field as config_field
 from peftlab.errors import AdapterError
-from peftlab.methods.base import Method
+from peftlab.methods.base import CLASSIFICATION_HEAD_NAMES, Method
 from peftlab.methods.lora_shared_input import (
     FUSE_SHARED_INPUT_MODES,
     SharedInputGroup,
@@ -41,8 +41,6 @@ ALL_LINEAR = "all-linear"
 BIAS_MODES = ("none", "all", "lora_only")
 KERNELS = ("auto", "triton", "torch")
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
-# Classification heads PEFT trains in full for task_type "SEQ_CLS" (``PeftModelForSequenceClassification``).
-SEQ_CLS_HEAD_NAMES = ("classifier", "score")
 LINEAR_TYPES = (nn.Linear, Conv1D)
 MAX_NAMES_IN_ERROR = 8
 
@@ -144,7 +142,7 @@ class LoRAConfig:
         """``modules_to_save`` plus, for ``"SEQ_CLS"``, the classifier head names PEFT adds."""
         entries = list(self.modules_to_save or [])
         if self.task_type == "SEQ_CLS":
-            entries += [name for name in SEQ_CLS_HEAD_NAMES if name not in entries]
+            entries += [name for name in CLASSIFICATION_HEAD_NAMES if name not in entries]
         return entries
 
 
@@ -565,7 +563,7 @@ def plan_attach(model: nn.Module, config: LoRAConfig) -> AttachPlan:
 def _resolve_modules_to_save(modules: dict[str, nn.Module], config: LoRAConfig, where: str) -> list[str]:
     """Full names of the modules to train whole; each entry must match a module, except the SEQ_CLS head names."""
     names = [name for name in modules if name]
-    optional = SEQ_CLS_HEAD_NAMES if config.task_type == "SEQ_CLS" else ()
+    optional = CLASSIFICATION_HEAD_NAMES if config.task_type == "SEQ_CLS" else ()
     for entry in config.modules_to_save or []:
         if entry not in optional and not any(_name_matches(name, entry) for name in names):
             leaves = [name for name in names if not any(True for _ in modules[name].children())]
@@ -595,7 +593,7 @@ def _output_heads(model: nn.Module) -> list[str]:
     get_output_embeddings = getattr(model, "get_output_embeddings", None)
     output = get_output_embeddings() if callable(get_output_embeddings) else None
     for name, module in model.named_modules():
-        if name and (module is output or name in SEQ_CLS_HEAD_NAMES):
+        if name and (module is output or name in CLASSIFICATION_HEAD_NAMES):
             heads.append(name)
     return heads
 

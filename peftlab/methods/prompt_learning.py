@@ -17,11 +17,10 @@ from torch import nn
 
 from peftlab.adapters import field
 from peftlab.errors import AdapterError
+from peftlab.methods.base import CLASSIFICATION_HEAD_NAMES
 
 # Task types the prompt-learning methods run (PEFT's ``task_type`` strings).
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
-# PEFT adds these head names to ``modules_to_save`` for every SEQ_CLS adapter, whether they exist or not.
-CLASSIFICATION_HEAD_NAMES = ("classifier", "score")
 # The key PEFT stores the learned vectors under.
 PROMPT_EMBEDDINGS_KEY = "prompt_embeddings"
 # PEFT's key prefix for base-model tensors of a prompt-learning adapter (``PeftModel.base_model`` is the model).
