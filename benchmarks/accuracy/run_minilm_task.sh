@@ -15,7 +15,7 @@ read -r -a variant <<< "${4:-}"
 here="$(cd "$(dirname "$0")" && pwd)"
 out="runs/accuracy/minilm_${task}${4:+_${5:-variant}}"
 # two candidates per method: the Pang & Lee anchor's rate and the next one up (x3 or x2)
-declare -A grid=([full]=5e-5,1e-4 [lora]=1e-3,3e-3 [prefix_tuning]=1e-2,3e-2 [prompt_tuning]=3e-2,1e-1)
+source "${here}/minilm_rates.sh"
 for method in ${methods}; do
   peftlab train -m "experiment=accuracy_minilm_${task}" "method=${method}" "train.lr=${grid[$method]}" \
     seed=0 "data=${task}_valid" "hydra.sweep.dir=${out}/valid" "${variant[@]}"

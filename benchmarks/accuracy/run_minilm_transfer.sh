@@ -15,16 +15,16 @@ first="runs/accuracy/minilm_vitaminc"
 out="runs/accuracy/minilm_presuppositions_nli_from_vitaminc"
 # the rates benchmarks/accuracy/run_minilm_task.sh chose on presuppositions_as_nli's validation split
 declare -A rate=([full]=5e-5 [lora]=1e-3 [prefix_tuning]=1e-2 [prompt_tuning]=3e-2)
-# the intermediate candidates: that rate and the next one up, as in run_minilm_task.sh
-declare -A grid=([full]="5e-5 1e-4" [lora]="1e-3 3e-3" [prefix_tuning]="1e-2 3e-2" [prompt_tuning]="3e-2 1e-1")
+# the intermediate candidates: the same two per method as run_minilm_task.sh sweeps
+source "${here}/minilm_rates.sh"
 for method in ${methods}; do
-  for lr in ${grid[$method]}; do
+  for lr in ${grid[$method]//,/ }; do
     run="${first}/${method}_lr${lr}_seed0"
     if [ -f "${run}/result.json" ]; then echo "reusing ${run}"; continue; fi
     peftlab train experiment=accuracy_minilm_vitaminc "method=${method}" "train.lr=${lr}" seed=0 "hydra.run.dir=${run}"
   done
   best="$(python "${here}/select_lr.py" "${first}" "${method}")"
-  for lr in ${grid[$method]}; do
+  for lr in ${grid[$method]//,/ }; do
     if python -c "import sys; sys.exit(float(sys.argv[1]) != float(sys.argv[2]))" "${lr}" "${best}"; then
       intermediate="${first}/${method}_lr${lr}_seed0"
     fi
