@@ -94,6 +94,11 @@ class ConsoleSink:
         self.progress.stop()
 
 
+def is_finite_number(value: Any) -> bool:
+    """True for an int or float (not a bool) that is finite: a figure that can be logged or averaged."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """The events of an ``events.jsonl`` file (an unreadable line raises ``ValueError`` naming it)."""
     events = []

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from peftlab.logging import is_finite_number, read_events
+from peftlab.plotting import decorate_axes, group_colour, pyplot, save_figure
 
 RESULT_FILE = "result.json"
 EVENTS_FILE = "events.jsonl"
@@ -235,29 +237,13 @@ def read_loss_curve(events_path: Path) -> tuple[list[int], list[float]]:
     losses: list[float] = []
     if not events_path.is_file():
         return steps, losses
-    for number, line in enumerate(events_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{events_path}: line {number}: not valid JSON ({error.msg})") from None
-        loss = _training_loss(event)
-        step = event.get("step")
-        if loss is not None and isinstance(step, int) and not isinstance(step, bool):
+    for event in read_events(events_path):
+        loss = event.get(TRAIN_LOSS_KEY) if isinstance(event, dict) else None
+        step = event.get("step") if isinstance(event, dict) else None
+        if is_finite_number(loss) and isinstance(step, int) and not isinstance(step, bool):
             steps.append(step)
-            losses.append(loss)
+            losses.append(float(loss))
     return steps, losses
-
-
-def _training_loss(event: Any) -> float | None:
-    """The training loss an event carries (``train_loss``, the field ``peftlab.logging`` documents)."""
-    if not isinstance(event, dict):
-        return None
-    value = event.get(TRAIN_LOSS_KEY)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 # --- aggregating -----------------------------------------------------------------------------------
@@ -274,7 +260,7 @@ def summarize(runs: Sequence[RunResult]) -> list[GroupSummary]:
         mean: dict[str, float | None] = {}
         std: dict[str, float | None] = {}
         for column in COLUMNS:
-            values = [float(v) for run in finished if _is_number(v := run.metrics.get(column.key))]
+            values = [float(v) for run in finished if is_finite_number(v := run.metrics.get(column.key))]
             mean[column.key] = statistics.fmean(values) if values else None
             std[column.key] = statistics.stdev(values) if len(values) >= 2 else None
         method = next((run.method for run in members if run.method != "?"), "?")
@@ -293,9 +279,6 @@ def relative_to(value: float | None, reference: float | None) -> float | None:
         return None
     return value / reference
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -438,18 +421,9 @@ def write_report(
 # --- plots -----------------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_memory_vs_throughput(groups: Sequence[GroupSummary], path: Path) -> Path:
     """Peak memory against tokens/s, one point (± std) per group."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     for index, group in enumerate(groups):
         x, y = group.mean["tokens_per_s"], group.mean["peak_mem_gib"]
@@ -462,24 +436,25 @@ def plot_memory_vs_throughput(groups: Sequence[GroupSummary], path: Path) -> Pat
             yerr=group.std["peak_mem_gib"],
             fmt="o",
             capsize=3,
-            color=_colour(index),
+            color=group_colour(index),
             label=group.label,
         )
     axes.set_xlabel("tokens/s (real input tokens, no padding)")
     axes.set_ylabel(f"peak memory ({MEMORY_UNIT_NOTE})")
     axes.set_title("Memory vs throughput")
-    _finish(axes, figure, path)
+    decorate_axes(axes)
+    save_figure(figure, path)
     return path
 
 
 def plot_accuracy_vs_trainable(groups: Sequence[GroupSummary], path: Path) -> Path:
     """Accuracy (task accuracy where the data has labels, else token accuracy) vs trainable parameters."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     metric = "task_accuracy" if any(g.mean["task_accuracy"] is not None for g in groups) else "token_accuracy"
     for index, group in enumerate(groups):
         params = [r.metrics.get("trainable_params") for r in group.finished]
-        params = [float(p) for p in params if _is_number(p) and p > 0]
+        params = [float(p) for p in params if is_finite_number(p) and p > 0]
         y = group.mean[metric]
         if not params or y is None:
             continue
@@ -489,23 +464,24 @@ def plot_accuracy_vs_trainable(groups: Sequence[GroupSummary], path: Path) -> Pa
             yerr=group.std[metric],
             fmt="o",
             capsize=3,
-            color=_colour(index),
+            color=group_colour(index),
             label=group.label,
         )
     axes.set_xscale("log")
     axes.set_xlabel("trainable parameters")
     axes.set_ylabel(metric.replace("_", " "))
     axes.set_title("Accuracy vs trainable parameters")
-    _finish(axes, figure, path)
+    decorate_axes(axes)
+    save_figure(figure, path)
     return path
 
 
 def plot_loss_curves(groups: Sequence[GroupSummary], path: Path) -> Path:
     """Training loss per step from each run's ``events.jsonl``, one colour per group."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     for index, group in enumerate(groups):
-        colour = _colour(index)
+        colour = group_colour(index)
         labelled = False
         for run in group.finished:
             steps, losses = read_loss_curve(run.run_dir / EVENTS_FILE)
@@ -519,27 +495,9 @@ def plot_loss_curves(groups: Sequence[GroupSummary], path: Path) -> Path:
     axes.set_xlabel("step")
     axes.set_ylabel("training loss")
     axes.set_title("Loss curves")
-    _finish(axes, figure, path)
+    decorate_axes(axes)
+    save_figure(figure, path)
     return path
-
-
-def _colour(index: int) -> str:
-    """The same colour for a group in every plot (matplotlib's default cycle)."""
-    colours = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
-    return colours[index % len(colours)]
-
-
-def _finish(axes: Any, figure: Any, path: Path) -> None:
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small")
-    else:
-        axes.text(
-            0.5, 0.5, "no finished run has these figures", ha="center", va="center", transform=axes.transAxes
-        )
-    axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    _pyplot().close(figure)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

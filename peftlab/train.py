@@ -57,7 +57,15 @@ from peftlab.data import (
     pack,
 )
 from peftlab.fresh_head import check_init_head
-from peftlab.logging import EVENTS_FILE, ConsoleSink, EventSink, JsonlSink, read_events, rewind_events
+from peftlab.logging import (
+    EVENTS_FILE,
+    ConsoleSink,
+    EventSink,
+    JsonlSink,
+    is_finite_number,
+    read_events,
+    rewind_events,
+)
 from peftlab.methods import PeftLabModel
 from peftlab.metrics import LossTerms, causal_lm_terms, classification_terms, count_targets
 from peftlab.run_config import RunConfig, resolve_path, save_resolved_config
@@ -460,7 +468,7 @@ def summarize(
     parts: RunParts, progress: Progress, history: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """The result summary of a run from its events (``history``) and a final evaluation when needed."""
-    train_losses = [e["train_loss"] for e in history if _finite_number(e.get("train_loss"))]
+    train_losses = [e["train_loss"] for e in history if is_finite_number(e.get("train_loss"))]
     final_valid = next((e for e in reversed(history) if "valid_loss" in e), None)
     if final_valid is None or final_valid.get("step") != progress.step:
         final_valid = evaluate(parts)
@@ -542,9 +550,6 @@ def multiple_choice_questions(path: Path) -> tuple[list[str], list[list[str]], l
         labels.append(label_names.index(completion.strip()))
     return (contexts, choices, labels) if contexts else None
 
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:

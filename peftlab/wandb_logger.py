@@ -8,7 +8,6 @@ either way. Offline runs land in ``<output_dir>/wandb/offline-run-*``; upload th
 
 from __future__ import annotations
 
-import math
 import netrc
 import os
 from collections.abc import Mapping
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from peftlab.logging import is_finite_number
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
@@ -55,7 +56,7 @@ class WandbSink:
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         """Put the result summary (numbers and strings, flattened with ``/``) into the run's summary."""
-        values = {k: v for k, v in flatten(summary).items() if _is_number(v) or isinstance(v, str | bool)}
+        values = {k: v for k, v in flatten(summary).items() if is_finite_number(v) or isinstance(v, str | bool)}
         self.run.summary.update(values)
 
     def close(self) -> None:
@@ -74,9 +75,9 @@ def event_metrics(event: Mapping[str, Any]) -> dict[str, float]:
         for key, v in event.items()
         if key not in skip
     }
-    values = {key: value for key, value in flatten(named).items() if _is_number(value)}
+    values = {key: value for key, value in flatten(named).items() if is_finite_number(value)}
     step = event.get(STEP_METRIC)
-    if values and _is_number(step):
+    if values and is_finite_number(step):
         values[STEP_METRIC] = step
     return values
 
@@ -158,6 +159,3 @@ def open_wandb_sink(
         )
     return WandbSink(run), None
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
