@@ -6,7 +6,9 @@ the runs by their label (the method choice plus any overrides other than the see
 - ``report.md`` and ``report.csv``: one row per label, mean ± sample std over the seeds, each figure also
   relative to full fine-tuning (the label whose method is ``full``);
 - ``memory_vs_throughput.png``, ``accuracy_vs_trainable.png`` and ``loss_curves.png`` (from each run's
-  ``events.jsonl``).
+  ``events.jsonl``);
+- when runs evaluated during training (``train.eval_every``), a table of validation accuracy and loss
+  per evaluation step and ``valid_curves.png`` (``peftlab.report_curves``).
 
 Runs that ran out of memory or failed are counted and listed with their error; a job folder without a
 ``result.json`` (killed, still running) is listed as ``incomplete``.
@@ -23,18 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftlab.logging import is_finite_number, read_events
+from peftlab.logging import EVENTS_FILE, is_finite_number, read_events
 from peftlab.plotting import decorate_axes, group_colour, pyplot, save_figure
 
 RESULT_FILE = "result.json"
-EVENTS_FILE = "events.jsonl"
 TRAIN_LOSS_KEY = "train_loss"
+CURVES_PLOT = "valid_curves.png"  # only when runs evaluated during training (peftlab.report_curves)
 REPORT_FILES = (
     "report.md",
     "report.csv",
     "memory_vs_throughput.png",
     "accuracy_vs_trainable.png",
     "loss_curves.png",
+    CURVES_PLOT,
 )
 FULL_METHOD = "full"
 STATUS_OK = "ok"
@@ -326,8 +329,16 @@ def table_rows(groups: Sequence[GroupSummary]) -> tuple[list[str], list[list[str
     return header, text_rows, csv_rows
 
 
-def render_markdown(sweep_dir: Path, groups: Sequence[GroupSummary], runs: Sequence[RunResult]) -> str:
-    """The markdown report: the table, what the units mean, and every run that did not finish."""
+def render_markdown(
+    sweep_dir: Path,
+    groups: Sequence[GroupSummary],
+    runs: Sequence[RunResult],
+    extra_sections: Sequence[str] = (),
+) -> str:
+    """The markdown report: the table, what the units mean, every run that did not finish, the plots.
+
+    ``extra_sections`` (markdown lines, e.g. the validation curves) go after the unfinished runs.
+    """
     header, rows, _ = table_rows(groups)
     reference = full_finetuning_group(groups)
     lines = [
@@ -367,6 +378,8 @@ def render_markdown(sweep_dir: Path, groups: Sequence[GroupSummary], runs: Seque
             lines.append(
                 f"| `{run.run_dir}` | {run.label} | {run.seed} | {run.status} | {error.replace('|', '/')} |"
             )
+    if extra_sections:
+        lines += ["", *extra_sections]
     lines += [
         "",
         "![memory vs throughput](memory_vs_throughput.png)",
@@ -404,10 +417,15 @@ def write_report(
             f"{existing[0]}: already exists; pass --overwrite to replace the report, "
             "or --out to write elsewhere"
         )
+    from peftlab import report_curves  # it builds on this module's groups
+
     target.mkdir(parents=True, exist_ok=True)
     groups = summarize(runs)
+    curves = report_curves.summarize_curves(groups)
+    with_curves = report_curves.has_intermediate_evaluations(curves)
+    curve_lines = report_curves.render_curve_section(curves) if with_curves else []
     markdown = target / "report.md"
-    markdown.write_text(render_markdown(root, groups, runs), encoding="utf-8")
+    markdown.write_text(render_markdown(root, groups, runs, curve_lines), encoding="utf-8")
     csv_path = target / "report.csv"
     write_csv(csv_path, groups)
     plots = [
@@ -415,6 +433,9 @@ def write_report(
         plot_accuracy_vs_trainable(groups, target / "accuracy_vs_trainable.png"),
         plot_loss_curves(groups, target / "loss_curves.png"),
     ]
+    if with_curves:
+        colours = {group.label: group_colour(index) for index, group in enumerate(groups)}
+        plots.append(report_curves.plot_valid_curves(curves, target / report_curves.CURVES_PLOT, colours))
     return ReportFiles(markdown, csv_path, plots)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from peftlab.report import (
     COLUMNS,
+    CURVES_PLOT,
     REPORT_FILES,
     load_results,
     main,
@@ -110,7 +111,8 @@ def test_report_markdown_shows_failed_oom_and_incomplete_runs(sweep) -> None:
 def test_report_writes_valid_pngs_with_loss_curves(sweep) -> None:
     root, _ = sweep
     files = write_report(root, root / "out")
-    assert [path.name for path in files.plots] == list(REPORT_FILES[2:])
+    # no run evaluated during training, so no validation-curve plot (tests/test_report_curves.py)
+    assert [path.name for path in files.plots] == [name for name in REPORT_FILES[2:] if name != CURVES_PLOT]
     for path in files.plots:
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000
