@@ -86,14 +86,8 @@ def summarize_curves(groups: Sequence[GroupSummary]) -> list[CurveSummary]:
             continue
         by_step = [{point.step: point for point in points} for points in per_run]
         shared = sorted(set.intersection(*(set(points) for points in by_step)))
-        columns: dict[str, list[float | None]] = {name: [] for name in ("acc", "acc_sd", "loss", "loss_sd")}
-        for step in shared:
-            accuracy = _mean_std([points[step].accuracy for points in by_step])
-            loss = _mean_std([points[step].loss for points in by_step])
-            columns["acc"].append(accuracy[0])
-            columns["acc_sd"].append(accuracy[1])
-            columns["loss"].append(loss[0])
-            columns["loss_sd"].append(loss[1])
+        accuracy = [_mean_std([points[step].accuracy for points in by_step]) for step in shared]
+        loss = [_mean_std([points[step].loss for points in by_step]) for step in shared]
         first = by_step[0]
         curves.append(
             CurveSummary(
@@ -102,10 +96,10 @@ def summarize_curves(groups: Sequence[GroupSummary]) -> list[CurveSummary]:
                 accuracy_key=next((p.accuracy_key for p in per_run[0] if p.accuracy_key), None),
                 steps=shared,
                 epochs=[first[step].epoch for step in shared],
-                accuracy_mean=columns["acc"],
-                accuracy_std=columns["acc_sd"],
-                loss_mean=columns["loss"],
-                loss_std=columns["loss_sd"],
+                accuracy_mean=[mean for mean, _ in accuracy],
+                accuracy_std=[std for _, std in accuracy],
+                loss_mean=[mean for mean, _ in loss],
+                loss_std=[std for _, std in loss],
             )
         )
     return curves
