@@ -99,6 +99,11 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_step(value: Any) -> bool:
+    """True for an event's ``step``: an int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_events(path: str | Path) -> list[dict[str, Any]]:
     """The events of an ``events.jsonl`` file (an unreadable line raises ``ValueError`` naming it)."""
     events = []

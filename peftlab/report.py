@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftlab.logging import EVENTS_FILE, is_finite_number, read_events
+from peftlab.logging import EVENTS_FILE, is_finite_number, is_step, read_events
 from peftlab.plotting import decorate_axes, group_colour, pyplot, save_figure
 
 RESULT_FILE = "result.json"
@@ -243,7 +243,7 @@ def read_loss_curve(events_path: Path) -> tuple[list[int], list[float]]:
     for event in read_events(events_path):
         loss = event.get(TRAIN_LOSS_KEY) if isinstance(event, dict) else None
         step = event.get("step") if isinstance(event, dict) else None
-        if is_finite_number(loss) and isinstance(step, int) and not isinstance(step, bool):
+        if is_finite_number(loss) and is_step(step):
             steps.append(step)
             losses.append(float(loss))
     return steps, losses
@@ -281,7 +281,6 @@ def relative_to(value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None or reference == 0:
         return None
     return value / reference
-
 
 
 # --- writing ---------------------------------------------------------------------------------------

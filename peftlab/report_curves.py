@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftlab.logging import EVENTS_FILE, is_finite_number, read_events
+from peftlab.logging import EVENTS_FILE, is_finite_number, is_step, read_events
 from peftlab.plotting import decorate_axes, pyplot, save_figure
 from peftlab.report import CURVES_PLOT, GroupSummary, format_mean_std
 
@@ -57,7 +57,7 @@ def read_eval_points(events_path: Path) -> list[EvalPoint]:
         return []
     points = []
     for event in read_events(events_path):
-        if not isinstance(event, dict) or not _is_step(event.get("step")):
+        if not isinstance(event, dict) or not is_step(event.get("step")):
             continue
         key = next((name for name in VALID_ACCURACY_KEYS if is_finite_number(event.get(name))), None)
         loss = event.get(VALID_LOSS_KEY)
@@ -187,7 +187,3 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     if len(present) != len(values) or not present:
         return None, None
     return statistics.fmean(present), statistics.stdev(present) if len(present) >= 2 else None
-
-
-def _is_step(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
