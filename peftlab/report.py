@@ -328,6 +328,12 @@ def table_rows(groups: Sequence[GroupSummary]) -> tuple[list[str], list[list[str
     return header, text_rows, csv_rows
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines: the header, the separator, then the rows (``|`` in a cell escaped)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+
+
 def render_markdown(
     sweep_dir: Path,
     groups: Sequence[GroupSummary],
@@ -348,10 +354,8 @@ def render_markdown(
         if reference
         else "No finished full fine-tuning run in this sweep, so the × full columns are empty.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+        *markdown_table(header, rows),
     ]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     lines += [
         "",
         f"Memory is in {MEMORY_UNIT_NOTE}: on a GPU the CUDA allocator's peak",

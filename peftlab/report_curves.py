@@ -18,7 +18,7 @@ from typing import Any
 
 from peftlab.logging import EVENTS_FILE, is_finite_number, is_step, read_events
 from peftlab.plotting import decorate_axes, pyplot, save_figure
-from peftlab.report import CURVES_PLOT, GroupSummary, format_mean_std
+from peftlab.report import CURVES_PLOT, GroupSummary, format_mean_std, markdown_table
 
 VALID_LOSS_KEY = "valid_loss"
 VALID_ACCURACY_KEYS = ("valid_accuracy", "valid_mean_token_accuracy")  # classification first
@@ -128,7 +128,7 @@ def render_curve_section(curves: Sequence[CurveSummary]) -> list[str]:
         keys = sorted({curve.accuracy_key for curve in curves if curve.accuracy_key}) if name == "accuracy" else []
         title = f"valid {name}" + (f" (`{'`, `'.join(keys)}`)" if keys else "")
         header = ["step", "epoch", *(f"{curve.label} ({curve.runs} runs)" for curve in curves)]
-        lines += ["", f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        rows = []
         for step in steps:
             epoch = epochs.get(step)
             row = [str(step), "–" if epoch is None else f"{epoch:.2f}"]
@@ -137,7 +137,8 @@ def render_curve_section(curves: Sequence[CurveSummary]) -> list[str]:
                 mean = means(curve)[index] if index is not None else None
                 std = stds(curve)[index] if index is not None else None
                 row.append(format_mean_std(mean, std, TABLE_DIGITS))
-            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+            rows.append(row)
+        lines += ["", f"### {title}", "", *markdown_table(header, rows)]
     lines += ["", f"![validation curves]({CURVES_PLOT})"]
     return lines
 
