@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab.atomic import write_json_atomic
 from peftlab.bench import BenchSettings, check_bench_settings
 from peftlab.distributed import is_main_process
+from peftlab.provenance import source_revision
 from peftlab.report import run_label
 from peftlab.run_config import RunConfig
 from peftlab.run_dir import claim_run_dir
@@ -127,8 +128,10 @@ def check_settings(settings: ExperimentConfig, mode: str) -> None:
 
 
 def system_info() -> dict[str, Any]:
-    """The machine and versions a result was measured on."""
+    """The machine, versions, thread count and peftlab revision a result was measured on."""
     import transformers
+
+    from peftlab import __version__ as peftlab_version
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -136,6 +139,9 @@ def system_info() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),  # changes rounding: some runs are sensitive to it
+        "peftlab": peftlab_version,
+        "source": source_revision(),
         "cuda_available": torch.cuda.is_available(),
         "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
