@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from peftlab.provenance import revision_text
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 PROVIDERS = ("base", "torch", "peft", "triton")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -526,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "peft": _version("peft"),
+        "peftlab": revision_text(),
         "dtype": f"{args.dtype} activations/base weight, {args.adapter_dtype} adapters, autocast on",
         "timing": f"median of {iters} iterations after {warmup} warm-up, operands rotated through copies > L2",
     }

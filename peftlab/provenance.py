@@ -31,3 +31,11 @@ def source_revision(root: Path = PACKAGE_ROOT) -> dict[str, Any] | None:
     if commit is None or changes is None:
         return None
     return {"commit": commit, "dirty": bool(changes)}
+
+
+def revision_text(root: Path = PACKAGE_ROOT) -> str:
+    """``source_revision`` as one line for a results header: ``SHA``, ``SHA (dirty)`` or ``not a git checkout``."""
+    revision = source_revision(root)
+    if revision is None:
+        return "not a git checkout"
+    return revision["commit"] + (" (dirty)" if revision["dirty"] else "")

@@ -10,7 +10,7 @@ import torch
 
 import peftlab.provenance as provenance
 from peftlab.hydra_app import system_info
-from peftlab.provenance import source_revision
+from peftlab.provenance import revision_text, source_revision
 
 
 def git(where: Path, *args: str) -> str:
@@ -64,3 +64,13 @@ def test_system_info_records_the_thread_count_and_this_checkout() -> None:
     finally:
         torch.set_num_threads(before)
     assert system_info()["source"] == source_revision()
+
+
+def test_revision_text_names_the_commit_and_whether_it_was_edited(
+    checkout: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    commit = git(checkout, "rev-parse", "HEAD")
+    assert revision_text(checkout) == commit
+    (checkout / "tracked.py").write_text("x = 3\n")
+    assert revision_text(checkout) == f"{commit} (dirty)"
+    assert revision_text(tmp_path_factory.mktemp("plain")) == "not a git checkout"
