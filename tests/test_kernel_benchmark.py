@@ -11,6 +11,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from peftlab.provenance import revision_text
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lora_kernels.py"
 
 
@@ -51,6 +53,7 @@ def test_quick_run_writes_csv_and_markdown_without_triton_rows(tmp_path: Path) -
     assert all(float(row["median_ms"]) > 0 and row["device"].startswith("CPU") for row in rows)
     report = md_path.read_text()
     assert "triton rows skipped: no CUDA device" in report and "--quick" in report
+    assert revision_text() in report  # the peftlab revision that made the numbers
     # a second run must not replace the first one's files
     before = csv_path.read_text()
     assert benchmark.main(argv) == 2
