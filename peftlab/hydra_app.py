@@ -174,7 +174,7 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def _open_sinks(
-    settings: ExperimentConfig, context: JobContext, config: dict[str, Any]
+    settings: ExperimentConfig, context: JobContext, config: dict[str, Any], system: dict[str, Any]
 ) -> tuple[list[Any], list[str]]:
     """The optional W&B sink, and notes about why it is absent when it was asked for."""
     if not settings.logger.wandb:
@@ -190,7 +190,7 @@ def _open_sinks(
         tags=tuple(settings.tags),
     )
     sink, reason = open_wandb_sink(
-        spec, settings.logger.wandb_mode, {**config, "system": system_info()}, context.output_dir
+        spec, settings.logger.wandb_mode, {**config, "system": system}, context.output_dir
     )
     return ([sink] if sink is not None else []), ([reason] if reason else [])
 
@@ -236,7 +236,9 @@ def _run_claimed_job(
     context.output_dir.mkdir(parents=True, exist_ok=True)
     # under torchrun / SLURM tasks only rank 0 writes result.json and logs to W&B
     main_rank = is_main_process()
-    sinks, notes = _open_sinks(settings, context, resolved) if main_rank else ([], [])
+    # taken before the run, so it names the code that ran even if files change meanwhile
+    system = system_info()
+    sinks, notes = _open_sinks(settings, context, resolved, system) if main_rank else ([], [])
     started = time.time()
     status, error, details, metrics = STATUS_OK, None, None, {}
     failure: BaseException | None = None
@@ -262,7 +264,7 @@ def _run_claimed_job(
         "metrics": metrics,
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
         "wall_time_s": time.time() - started,
-        "system": system_info(),
+        "system": system,
         "config": resolved,
     }
     if main_rank:
