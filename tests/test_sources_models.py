@@ -275,6 +275,25 @@ def test_cache_default_folder_is_under_the_cache_root(gguf_path, isolated_cache)
     assert load_pretrained(str(folder), dtype="bfloat16").dtype == torch.bfloat16
 
 
+def test_cache_finished_by_another_run_meanwhile_is_kept(gguf_path, tmp_path, monkeypatch):
+    """Two runs started together both convert; the later one must not delete the earlier one's cache."""
+    target = tmp_path / "cached"
+    real_load = load_gguf_model
+    published = {}
+
+    def other_run_finishes_first(*args, **kwargs):
+        monkeypatch.setattr("peftlab.sources.models.load_gguf_model", real_load)
+        cache_gguf_as_safetensors(gguf_path, cache_dir=target)  # the other run publishes
+        published["inode"] = (target / "model.safetensors").stat().st_ino
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr("peftlab.sources.models.load_gguf_model", other_run_finishes_first)
+    assert cache_gguf_as_safetensors(gguf_path, cache_dir=target) == target
+    assert (target / "model.safetensors").stat().st_ino == published["inode"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".cached.")]  # no staging left
+    assert load_tokenizer(target)("hi", add_special_tokens=False)["input_ids"] == [104, 105]
+
+
 def test_cache_never_touches_a_folder_it_did_not_write(gguf_path, tmp_path):
     mine = tmp_path / "my_model"
     mine.mkdir()

@@ -200,10 +200,27 @@ def cache_gguf_as_safetensors(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / CACHE_MARKER).write_text(json.dumps(fingerprint, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)  # our own stale cache (checked by _cache_is_current)
-        staging.replace(folder)
+        _publish_cache(staging, folder, fingerprint)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _publish_cache(staging: Path, folder: Path, fingerprint: dict[str, Any]) -> None:
+    """Rename ``staging`` to ``folder``, unless another process published the same cache meanwhile.
+
+    Runs started together (a parallel sweep) each convert the GGUF; the first to finish publishes, the
+    others drop their copy rather than delete a folder another run may be loading from.
+    """
+    if _cache_is_current(folder, fingerprint):
+        shutil.rmtree(staging)
+        return
+    if folder.exists():
+        shutil.rmtree(folder)  # our own stale cache (checked by _cache_is_current)
+    try:
+        staging.replace(folder)
+    except OSError:
+        if not _cache_is_current(folder, fingerprint):  # not a race with a run writing the same cache
+            raise
+        shutil.rmtree(staging)
