@@ -109,7 +109,11 @@ def test_named_experiments_set_what_they_promise() -> None:
     assert compose_settings("method=peft_lora").method.name == "peft_lora"
     real = compose_settings("method=prefix_tuning_real_tokens", "method.prefix_init_text=hi").method
     config = method_config(real, tokenizer="some/tokenizer")
-    assert (config.prefix_init, config.prefix_init_text, config.tokenizer) == ("real_tokens", "hi", "some/tokenizer")
+    assert (config.prefix_init, config.prefix_init_text, config.tokenizer) == (
+        "real_tokens",
+        "hi",
+        "some/tokenizer",
+    )
     assert not config.prefix_projection
 
 
@@ -309,3 +313,26 @@ def test_single_run_failure_is_recorded_then_raised(tmp_path: Path, monkeypatch,
     assert "data went missing" in capsys.readouterr().err
     result = read_result(tmp_path)
     assert result["status"] == "failed" and result["error"] == "RuntimeError: data went missing"
+
+
+def test_system_block_is_taken_before_the_run(tmp_path: Path, monkeypatch) -> None:
+    """Threads and revision as they were when the run started, not after the run changed them."""
+    threads_before = torch.get_num_threads()
+    revisions = iter([{"commit": "c0ffee", "dirty": False}, {"commit": "c0ffee", "dirty": True}])
+    monkeypatch.setattr("peftlab.hydra_app.source_revision", lambda: next(revisions))
+    real_step = peftlab.train.train_step
+
+    def step_that_changes_the_machine(parts, batch):
+        torch.set_num_threads(threads_before + 1)
+        return real_step(parts, batch)
+
+    monkeypatch.setattr(peftlab.train, "train_step", step_that_changes_the_machine)
+    run_dir = tmp_path / "run"
+    try:
+        run_app(monkeypatch, train_main, "train.max_steps=1", "logger=none", f"hydra.run.dir={run_dir}")
+        assert torch.get_num_threads() == threads_before + 1  # the run did change it
+    finally:
+        torch.set_num_threads(threads_before)
+    system = read_result(run_dir)["system"]
+    assert system["torch_threads"] == threads_before
+    assert system["source"] == {"commit": "c0ffee", "dirty": False}
