@@ -388,6 +388,21 @@ def peft_lora_config(cfg: Any) -> Any:
     )
 
 
+def peft_optimizer(model: PeftReferenceModel, train: Any) -> torch.optim.Optimizer:
+    """AdamW as a ``peft`` user builds it: plain, or ``create_loraplus_optimizer`` with a LoRA+ ratio."""
+    if train.loraplus_lr_ratio == 1:
+        return torch.optim.AdamW(model.trainable_parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model.peft_model,
+        torch.optim.AdamW,
+        lr=train.lr,
+        loraplus_lr_ratio=train.loraplus_lr_ratio,
+        loraplus_weight_decay=train.weight_decay,
+    )
+
+
 def prepare_peft_lora_run(cfg: Any) -> Any:
     """``RunParts`` whose model is LoRA built by ``peft.get_peft_model`` on the same seeded base model."""
     from peftlab.train import lr_multiplier, prepare_run
@@ -397,9 +412,7 @@ def prepare_peft_lora_run(cfg: Any) -> Any:
     parts = prepare_run(replace(cfg, method=replace(cfg.method, name="full")))
     model = PeftReferenceModel(peft.get_peft_model(parts.model.base_model, lora_config)).to(parts.device)
     model.train()
-    optimizer = torch.optim.AdamW(
-        model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = peft_optimizer(model, cfg.train)
     schedule = lr_multiplier(cfg.train.schedule, cfg.train.warmup_steps, parts.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return replace(parts, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler)

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab.atomic import write_json_atomic
 from peftlab.bench import BenchSettings, check_bench_settings
 from peftlab.distributed import is_main_process
+from peftlab.optimizer import check_loraplus_lr_ratio
 from peftlab.provenance import source_revision
 from peftlab.report import run_label
 from peftlab.run_config import RunConfig
@@ -123,6 +124,7 @@ def check_settings(settings: ExperimentConfig, mode: str) -> None:
         )
     if mode == "bench":
         check_bench_settings(settings.bench)
+    check_loraplus_lr_ratio(settings.train.loraplus_lr_ratio, settings.method.name)
     if not (settings.data.train_file or settings.data.hf_dataset):
         raise ValueError("no training data: set data.train_file=PATH.jsonl (or data.hf_dataset=NAME)")
 

@@ -92,6 +92,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-2  # suits the tiny random presets; pretrained models want ~1e-4 (LoRA) to ~2e-5 (full)
     weight_decay: float = 0.0
+    loraplus_lr_ratio: float = 1.0  # LoRA+: LoRA's B matrices train at lr × this (the paper: ~16); 1: plain
     warmup_steps: int = 0
     schedule: str = "cosine"  # cosine | linear | constant
     max_grad_norm: float = 1.0

@@ -68,6 +68,7 @@ from peftlab.logging import (
 )
 from peftlab.methods import PeftLabModel
 from peftlab.metrics import LossTerms, causal_lm_terms, classification_terms, count_targets
+from peftlab.optimizer import build_optimizer, check_loraplus_lr_ratio
 from peftlab.run_config import RunConfig, resolve_path, save_resolved_config
 from peftlab.run_dir import claim_run_dir
 from peftlab.scoring import multiple_choice_accuracy
@@ -151,9 +152,7 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunParts:
     model.to(device)
     model.train()
     engine = distributed.wrap_model(model, context, device)  # before the optimiser: FSDP swaps in shards
-    optimizer = torch.optim.AdamW(
-        model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.loraplus_lr_ratio)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * steps_per_epoch
     schedule = lr_multiplier(cfg.train.schedule, cfg.train.warmup_steps, total_steps)
@@ -608,6 +607,7 @@ def _check_train_settings(cfg: RunConfig) -> None:
             raise ValueError(f"train.{name} is {value}; it must be at least {minimum}")
     if not (math.isfinite(t.lr) and t.lr >= 0):  # 0 is allowed: it measures a model without changing it
         raise ValueError(f"train.lr is {t.lr}; it must be a finite number, 0 or more")
+    check_loraplus_lr_ratio(t.loraplus_lr_ratio, cfg.method.name)
     if not t.weight_decay >= 0:
         raise ValueError(f"train.weight_decay is {t.weight_decay}; it must be at least 0")
     _check_method_settings(cfg)

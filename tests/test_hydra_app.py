@@ -175,6 +175,7 @@ def test_bad_override_fails_with_hydras_message_before_loading_a_model(
     [
         (train_main, ["method=peft_lora"], "usable only with `peftlab bench`"),
         (train_main, ["data=jsonl"], "no training data: set data.train_file=PATH.jsonl"),
+        (train_main, ["method=prompt_tuning", "train.loraplus_lr_ratio=16"], "has no LoRA layers"),
         (bench_main, ["bench.steps=0"], "bench.warmup_steps is 2 and bench.steps 0"),
         (bench_main, ["bench.data=disk"], "bench.data is 'disk'; choose one of train, synthetic"),
     ],
