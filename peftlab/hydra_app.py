@@ -8,8 +8,10 @@ before any model loads. Each run (or multirun job) writes into Hydra's output fo
 - ``events.jsonl`` (every event of the run);
 - ``result.json``: status (``ok`` | ``oom`` | ``failed``), label, method, seed, overrides, metrics, error.
 
-A multirun job that runs out of memory or raises is recorded as such and the sweep goes on; a single
-run that fails still writes its ``result.json``, then exits with the error.
+A multirun job that runs out of memory or raises is recorded as such and the sweep goes on; so is one
+whose settings cannot run (``check_settings``). A single run with such settings is refused before its
+folder is claimed and writes nothing; a single run that fails later still writes its ``result.json``,
+then exits with the error.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,9 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab.atomic import write_json_atomic
 from peftlab.bench import BenchSettings, check_bench_settings
 from peftlab.distributed import is_main_process
-from peftlab.optimizer import check_loraplus_lr_ratio
 from peftlab.provenance import source_revision
 from peftlab.report import run_label
+from peftlab.run_checks import check_run_settings
 from peftlab.run_config import RunConfig
 from peftlab.run_dir import claim_run_dir
 
@@ -124,7 +126,10 @@ def check_settings(settings: ExperimentConfig, mode: str) -> None:
         )
     if mode == "bench":
         check_bench_settings(settings.bench)
-    check_loraplus_lr_ratio(settings.train.loraplus_lr_ratio, settings.method.name)
+        # the benchmark runs exactly its own steps, whatever train.epochs and train.max_steps say
+        bench_steps = settings.bench.warmup_steps + settings.bench.steps
+        settings = replace(settings, train=replace(settings.train, max_steps=bench_steps))
+    check_run_settings(settings)
     if not (settings.data.train_file or settings.data.hf_dataset):
         raise ValueError("no training data: set data.train_file=PATH.jsonl (or data.hf_dataset=NAME)")
 
@@ -209,8 +214,13 @@ def run_job(
     """
     try:
         settings: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-        check_settings(settings, mode)
         context = job_context(settings)
+        try:
+            check_settings(settings, mode)
+        except ValueError as error:
+            if not context.multirun:
+                raise  # a single run is refused before its folder is claimed: nothing is written
+            runner = _refusal(error)  # a sweep member is recorded as failed and the sweep goes on
         claim = claim_run_dir(context.output_dir) if is_main_process() else contextlib.nullcontext()
         with claim:
             return _run_claimed_job(cfg, mode, runner, settings, context)
@@ -219,6 +229,15 @@ def run_job(
             raise
         print(f"peftlab {mode}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _refusal(error: ValueError) -> Callable[[ExperimentConfig, list[Any]], dict[str, Any]]:
+    """A runner that fails with ``error`` at once: a sweep member whose settings cannot run."""
+
+    def refuse(settings: ExperimentConfig, sinks: list[Any]) -> dict[str, Any]:
+        raise error
+
+    return refuse
 
 
 def _run_claimed_job(

@@ -56,7 +56,6 @@ from peftlab.data import (
     model_inputs,
     pack,
 )
-from peftlab.fresh_head import check_init_head
 from peftlab.logging import (
     EVENTS_FILE,
     ConsoleSink,
@@ -68,7 +67,8 @@ from peftlab.logging import (
 )
 from peftlab.methods import PeftLabModel
 from peftlab.metrics import LossTerms, causal_lm_terms, classification_terms, count_targets
-from peftlab.optimizer import build_optimizer, check_loraplus_lr_ratio
+from peftlab.optimizer import build_optimizer
+from peftlab.run_checks import check_run_settings
 from peftlab.run_config import RunConfig, resolve_path, save_resolved_config
 from peftlab.run_dir import claim_run_dir
 from peftlab.scoring import multiple_choice_accuracy
@@ -134,7 +134,7 @@ def prepare_run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunParts:
     With ``run_dir`` the tokenizer and (for presets) the base weights are saved there, and a resumed
     run reloads the base weights it saved. Without it nothing is written (benchmarks).
     """
-    _check_train_settings(cfg)
+    check_run_settings(cfg)
     device = resolve_device(cfg.train.device)
     context = distributed.init_distributed(cfg.train.strategy, device)
     device = context.device(device)
@@ -550,7 +550,6 @@ def multiple_choice_questions(path: Path) -> tuple[list[str], list[list[str]], l
     return (contexts, choices, labels) if contexts else None
 
 
-
 def check_run_folder(run_dir: Path, resume: bool) -> None:
     """Refuse to start a fresh run in a folder that holds an earlier run's results (unless resuming)."""
     found = [name for name in RESULT_NAMES if (run_dir / name).exists()]
@@ -593,47 +592,6 @@ def _resume(parts: RunParts, run_dir: Path) -> Progress:
 
 def _due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
-
-
-def _check_train_settings(cfg: RunConfig) -> None:
-    t = cfg.train
-    for name, value, minimum in (
-        ("batch_size", t.batch_size, 1),
-        ("grad_accum", t.grad_accum, 1),
-        ("keep_checkpoints", t.keep_checkpoints, 1),
-        ("warmup_steps", t.warmup_steps, 0),
-    ):
-        if value < minimum:
-            raise ValueError(f"train.{name} is {value}; it must be at least {minimum}")
-    if not (math.isfinite(t.lr) and t.lr >= 0):  # 0 is allowed: it measures a model without changing it
-        raise ValueError(f"train.lr is {t.lr}; it must be a finite number, 0 or more")
-    check_loraplus_lr_ratio(t.loraplus_lr_ratio, cfg.method.name)
-    if not t.weight_decay >= 0:
-        raise ValueError(f"train.weight_decay is {t.weight_decay}; it must be at least 0")
-    _check_method_settings(cfg)
-    check_init_head(t.init_head, t.init_from, cfg.model.task)
-    distributed.check_strategy(t.strategy)
-    if t.strategy == "fsdp" and t.precision == "fp16":
-        raise ValueError("train.precision=fp16 (loss scaling) needs train.strategy none or ddp; use bf16")
-    if t.max_steps <= 0 and t.epochs < 1:
-        raise ValueError(
-            f"train.epochs is {t.epochs} and train.max_steps is {t.max_steps}; set one of them above 0"
-        )
-
-
-def _check_method_settings(cfg: RunConfig) -> None:
-    """The method's sizes, named as the run config names them, before any model loads."""
-    m = cfg.method
-    if m.name == "lora" and m.r < 1:
-        raise ValueError(f"method.r is {m.r}; the LoRA rank must be at least 1")
-    if m.name in ("prompt_tuning", "prefix_tuning"):
-        if m.num_virtual_tokens < 1:
-            raise ValueError(f"method.num_virtual_tokens is {m.num_virtual_tokens}; it must be at least 1")
-        if m.num_virtual_tokens > cfg.data.max_length:
-            raise ValueError(
-                f"method.num_virtual_tokens is {m.num_virtual_tokens}, more than data.max_length "
-                f"({cfg.data.max_length}); use fewer virtual tokens"
-            )
 
 
 __all__ = [

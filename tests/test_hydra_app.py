@@ -19,7 +19,14 @@ from omegaconf import OmegaConf
 import peftlab
 import peftlab.train
 from peftlab.builder import method_config
-from peftlab.hydra_app import CONFIG_PATH, ExperimentConfig, bench_main, step_figures, train_main
+from peftlab.hydra_app import (
+    CONFIG_PATH,
+    ExperimentConfig,
+    bench_main,
+    check_settings,
+    step_figures,
+    train_main,
+)
 from peftlab.models import build_model
 from peftlab.report import write_report
 from peftlab.run_config import RunConfig
@@ -176,6 +183,12 @@ def test_bad_override_fails_with_hydras_message_before_loading_a_model(
         (train_main, ["method=peft_lora"], "usable only with `peftlab bench`"),
         (train_main, ["data=jsonl"], "no training data: set data.train_file=PATH.jsonl"),
         (train_main, ["method=prompt_tuning", "train.loraplus_lr_ratio=16"], "has no LoRA layers"),
+        (train_main, ["train.lr=-1"], "train.lr is -1.0; it must be a finite number, 0 or more"),
+        (train_main, ["train.batch_size=0"], "train.batch_size is 0; it must be at least 1"),
+        (train_main, ["method=lora", "method.r=0"], "method.r is 0; the LoRA rank must be at least 1"),
+        (train_main, ["train.strategy=mpi"], "train.strategy is 'mpi'; choose one of"),
+        (train_main, ["train.epochs=0"], "train.epochs is 0 and train.max_steps is -1"),
+        (bench_main, ["train.weight_decay=-0.1"], "train.weight_decay is -0.1; it must be at least 0"),
         (bench_main, ["bench.steps=0"], "bench.warmup_steps is 2 and bench.steps 0"),
         (bench_main, ["bench.data=disk"], "bench.data is 'disk'; choose one of train, synthetic"),
     ],
@@ -187,6 +200,13 @@ def test_unusable_settings_are_refused_before_loading_a_model(
         run_app(monkeypatch, app, *overrides, f"hydra.run.dir={tmp_path}")
     assert message in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
+
+
+def test_benchmark_settings_ignore_the_training_length() -> None:
+    settings = compose_settings("train.epochs=0", "train.max_steps=0", config_name="bench")
+    check_settings(settings, "bench")  # the benchmark runs bench.warmup_steps + bench.steps
+    with pytest.raises(ValueError, match=r"train\.epochs is 0 and train\.max_steps is 0"):
+        check_settings(settings, "train")
 
 
 # --- runs ------------------------------------------------------------------------------------------

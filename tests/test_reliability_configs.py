@@ -105,16 +105,23 @@ def test_a_target_module_that_matches_nothing_fails_before_the_first_step(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "message", "recorded"),
     [
-        (["method.r=0"], "peftlab train: error: method.r is 0"),
-        (["train.lr=-0.5"], "peftlab train: error: train.lr is -0.5"),
-        (["method=prompt_tuning", "method.num_virtual_tokens=4096"], "peftlab train: error: method.num_virtual_tokens is 4096"),
-        (["method.target_modules=[nope]"], "peftlab train: error: LoRAConfig: field 'target_modules' entries ['nope'] match no module"),
+        # settings that need no model are refused before the run folder is claimed: no result.json
+        (["method.r=0"], "peftlab train: error: method.r is 0", False),
+        (["train.lr=-0.5"], "peftlab train: error: train.lr is -0.5", False),
+        (["method=prompt_tuning", "method.num_virtual_tokens=4096"], "peftlab train: error: method.num_virtual_tokens is 4096", False),
+        # a target that matches no module is found when the model is built: recorded as a failed run
+        (["method.target_modules=[nope]"], "peftlab train: error: LoRAConfig: field 'target_modules' entries ['nope'] match no module", True),
     ],
 )
 def test_the_train_command_reports_a_bad_config_in_one_line_without_a_traceback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    message: str,
+    recorded: bool,
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["peftlab train", *QUICK, *overrides, f"hydra.run.dir={tmp_path}"])
     with pytest.raises(SystemExit) as exit_info:
@@ -124,8 +131,11 @@ def test_the_train_command_reports_a_bad_config_in_one_line_without_a_traceback(
     assert "Traceback" not in err
     error_lines = [line for line in err.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and error_lines[0].startswith(message), err
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["status"] == "failed" and message.split("error: ")[1] in result["error"]
+    result_file = tmp_path / "result.json"
+    assert result_file.exists() == recorded
+    if recorded:
+        result = json.loads(result_file.read_text())
+        assert result["status"] == "failed" and message.split("error: ")[1] in result["error"]
 
 
 def test_a_model_folder_without_a_model_is_a_one_line_error(
