@@ -202,6 +202,16 @@ def test_unusable_settings_are_refused_before_loading_a_model(
     assert not (tmp_path / "result.json").exists()
 
 
+def test_sweep_members_with_unusable_settings_are_recorded_as_failed_and_the_sweep_goes_on(
+    tmp_path: Path, monkeypatch, no_model_loading
+) -> None:
+    sweep = tmp_path / "sweep"
+    run_app(monkeypatch, train_main, "-m", "method=peft_lora", "train.lr=-1,-2", "logger=none", f"hydra.sweep.dir={sweep}")
+    results = [read_result(job) for job in sorted(sweep.iterdir()) if job.is_dir()]
+    assert [r["status"] for r in results] == ["failed", "failed"]
+    assert all("usable only with `peftlab bench`" in r["error"] for r in results)
+
+
 def test_benchmark_settings_ignore_the_training_length() -> None:
     settings = compose_settings("train.epochs=0", "train.max_steps=0", config_name="bench")
     check_settings(settings, "bench")  # the benchmark runs bench.warmup_steps + bench.steps
