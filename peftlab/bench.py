@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.run_config import BenchConfig
+from peftlab.run_config import PEFT_LORA, BenchConfig
 
 BYTES_PER_GIB = 2**30
 IGNORE_INDEX = -100
@@ -326,7 +326,6 @@ def training_batches(loader: Any) -> Iterator[Any]:
 
 # --- the peft reference (bench only) ---------------------------------------------------------------
 
-PEFT_LORA = "peft_lora"
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
 
 

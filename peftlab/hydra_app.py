@@ -43,7 +43,7 @@ from peftlab.distributed import is_main_process
 from peftlab.provenance import source_revision
 from peftlab.report import run_label
 from peftlab.run_checks import check_run_settings
-from peftlab.run_config import RunConfig
+from peftlab.run_config import PEFT_LORA, RunConfig
 from peftlab.run_dir import claim_run_dir
 
 VERSION_BASE = "1.3"
@@ -55,7 +55,7 @@ CONFIG_PATH = str(_WHEEL_CONFIGS if _WHEEL_CONFIGS.is_dir() else _WHEEL_CONFIGS.
 SCHEMA_NAME = "run_schema"
 RESULT_FILE = "result.json"
 RESULT_SCHEMA = "peftlab.result/1"
-BENCH_ONLY_METHODS = ("peft_lora",)
+BENCH_ONLY_METHODS = (PEFT_LORA,)
 STATUS_OK, STATUS_OOM, STATUS_FAILED = "ok", "oom", "failed"
 # What a single run reports in one line (the user can act on the message); anything else keeps its traceback.
 USER_ERRORS = (ValueError, FileExistsError, FloatingPointError)

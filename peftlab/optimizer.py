@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from peftlab.methods.lora import LoRALinear
+from peftlab.run_config import PEFT_LORA
 
-LORA_METHODS = ("lora", "peft_lora")  # the method names whose models have LoRA layers
+LORA_METHODS = ("lora", PEFT_LORA)  # the method names whose models have LoRA layers
 
 
 def check_loraplus_lr_ratio(ratio: float, method_name: str) -> None:

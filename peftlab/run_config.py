@@ -37,11 +37,15 @@ class ModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=lambda: dict(DEMO_PRESET_OVERRIDES))
 
 
+# LoRA built by Hugging Face peft: the benchmark's reference, not trainable with peftlab
+PEFT_LORA = "peft_lora"
+
+
 @dataclass
 class MethodSettings:
     """The method and its hyperparameters; ``name`` picks the method, unused fields are ignored."""
 
-    name: str = "lora"  # lora | prompt_tuning | prefix_tuning | full
+    name: str = "lora"  # lora | prompt_tuning | prefix_tuning | full (| peft_lora with `peftlab bench`)
     # LoRA
     r: int = 8
     alpha: float = 16.0
