@@ -29,9 +29,9 @@ def _hand_over_to_installed_kernels() -> bool:
     import importlib.util
     import os
 
-    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    holding_folder = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     elsewhere = [entry for entry in sys.path
-                 if isinstance(entry, str) and os.path.realpath(entry or os.curdir) != here]
+                 if isinstance(entry, str) and os.path.realpath(entry or os.curdir) != holding_folder]
     spec = importlib.machinery.PathFinder.find_spec(__name__, elsewhere)
     if spec is None or spec.loader is None or not spec.has_location:
         return False
