@@ -18,16 +18,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def loaded_kernels_modules() -> dict[str, object]:
+    """The modules now loaded as ``kernels`` or ``kernels.*``."""
+    return {name: module for name, module in sys.modules.items()
+            if name == "kernels" or name.startswith("kernels.")}
+
+
 @pytest.fixture
 def fresh_kernels_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Forget every module called ``kernels`` or ``kernels.*`` for one test, and restore them after."""
-    saved = {name: module for name, module in sys.modules.items()
-             if name == "kernels" or name.startswith("kernels.")}
+    saved = loaded_kernels_modules()
     for name in saved:
         del sys.modules[name]
     monkeypatch.setattr(sys, "path_importer_cache", {})
     yield
-    for name in [name for name in sys.modules if name == "kernels" or name.startswith("kernels.")]:
+    for name in loaded_kernels_modules():
         del sys.modules[name]
     sys.modules.update(saved)
 
