@@ -31,6 +31,7 @@ from peftlab.adapters import CONFIG_NAME, read_adapter_config
 from peftlab.checkpoint import MANIFEST_FILE, CheckpointError, latest_checkpoint, load_checkpoint
 from peftlab.methods import PeftLabModel
 from peftlab.models import build_model, load_pretrained, preset_config
+from peftlab.pooling import apply_pooling
 from peftlab.run_config import (
     RESOLVED_CONFIG_NAME,
     MethodSettings,
@@ -174,7 +175,7 @@ def build_base_model(model: ModelConfig, tokenizer: PreTrainedTokenizerBase, see
     else:
         raise ValueError("model.preset and model.name_or_path are both empty; set one of them")
     align_special_tokens(base, tokenizer)
-    return base
+    return with_pooling(base, model)
 
 
 def align_special_tokens(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -334,7 +335,14 @@ def _load_saved_base(
             str(directory), task=cfg.model.task, num_labels=cfg.model.num_labels, dtype=cfg.model.dtype, **options
         )
     align_special_tokens(base, tokenizer)
-    return base
+    return with_pooling(base, cfg.model)
+
+
+def with_pooling(base: nn.Module, model: ModelConfig) -> nn.Module:
+    """A classifier given ``model.pooling`` (``peftlab.pooling``); other models as they are."""
+    if model.task != "sequence_classification":
+        return base
+    return apply_pooling(base, model.pooling)
 
 
 @dataclass

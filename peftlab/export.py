@@ -4,7 +4,8 @@ The result is a plain folder (``config.json``, ``model.safetensors``, generation
 that ``AutoModelForCausalLM.from_pretrained`` (or ``AutoModelForSequenceClassification``) loads with
 no peftlab installed. Full fine-tuning runs export their weights as they are. Prompt and prefix tuning
 add inputs rather than a weight update, so they cannot be merged; use the run folder with
-``peftlab generate`` instead.
+``peftlab generate`` instead. A classifier with ``model.pooling=mean`` has no plain ``transformers``
+form, so it is refused too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from peftlab.builder import load_run, quiet_progress_bars
+from peftlab.run_config import load_resolved_config
 
 MERGEABLE_METHODS = ("lora", "full")
 
@@ -27,6 +29,13 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(
             f"{out} already exists and is not empty; choose another folder or pass --overwrite"
+        )
+    pooling = load_resolved_config(Path(run_dir)).model.pooling
+    if pooling != "cls":
+        raise ValueError(
+            f"{run_dir}: the run's classifier reads model.pooling={pooling}, which a plain "
+            "AutoModelForSequenceClassification checkpoint cannot express (it would load BERT's own pooler); "
+            "use the run folder with peftlab instead"
         )
     loaded = load_run(run_dir, with_adapter=True)
     method = loaded.cfg.method.name

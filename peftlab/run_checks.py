@@ -11,11 +11,12 @@ import math
 from peftlab import distributed
 from peftlab.fresh_head import check_init_head
 from peftlab.optimizer import check_loraplus_lr_ratio
+from peftlab.pooling import check_pooling
 from peftlab.run_config import RunConfig
 
 
 def check_run_settings(cfg: RunConfig) -> None:
-    """Raise ``ValueError`` naming the first ``train.*`` or ``method.*`` field that cannot run."""
+    """Raise ``ValueError`` naming the first ``train.*``, ``method.*`` or ``model.*`` field that cannot run."""
     t = cfg.train
     for name, value, minimum in (
         ("batch_size", t.batch_size, 1),
@@ -32,6 +33,7 @@ def check_run_settings(cfg: RunConfig) -> None:
         raise ValueError(f"train.weight_decay is {t.weight_decay}; it must be at least 0")
     check_method_settings(cfg)
     check_init_head(t.init_head, t.init_from, cfg.model.task)
+    check_pooling(cfg.model.pooling, cfg.model.task)
     distributed.check_strategy(t.strategy)
     if t.strategy == "fsdp" and t.precision == "fp16":
         raise ValueError("train.precision=fp16 (loss scaling) needs train.strategy none or ddp; use bf16")

@@ -32,6 +32,7 @@ class ModelConfig:
     task: str = "causal_lm"  # causal_lm | sequence_classification
     num_labels: int = 2
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights of the frozen base)
+    pooling: str = "cls"  # cls (the model's own head) | mean: a BERT-style classifier reads the masked mean of its tokens
     # preset config fields to change. The default widens the random init (transformers uses 0.02) so that a
     # frozen random base can express confident predictions and the embedded demo's loss visibly falls.
     config_overrides: dict[str, Any] = field(default_factory=lambda: dict(DEMO_PRESET_OVERRIDES))
