@@ -231,12 +231,20 @@ def resolve_init_source(path: str | Path) -> InitSource:
 
 
 def check_same_classifier(cfg: RunConfig, source: InitSource) -> None:
-    """Raise ``ValueError`` when ``train.init_from`` is a classification run with another number of
-    labels than ``model.num_labels`` and its head is kept (it could not be loaded into this model)."""
-    if source.run_dir is None or cfg.model.task != "sequence_classification" or cfg.train.init_head == "new":
+    """Raise ``ValueError`` when ``train.init_from`` is a classification run that pools otherwise than
+    ``model.pooling``, or whose kept head has another number of labels than ``model.num_labels``."""
+    if source.run_dir is None or cfg.model.task != "sequence_classification":
         return
     saved = load_resolved_config(source.run_dir).model
-    if saved.task == cfg.model.task and saved.num_labels != cfg.model.num_labels:
+    if saved.task != cfg.model.task:
+        return
+    if saved.pooling != cfg.model.pooling:
+        # the saved base has no pooler weights under mean pooling, and its head read the other vector
+        raise ValueError(
+            f"train.init_from={cfg.train.init_from}: that run pools with model.pooling={saved.pooling} and "
+            f"this run's model.pooling is {cfg.model.pooling}; set model.pooling={saved.pooling}"
+        )
+    if cfg.train.init_head != "new" and saved.num_labels != cfg.model.num_labels:
         raise ValueError(
             f"train.init_from={cfg.train.init_from}: that run's classifier has {saved.num_labels} labels and "
             f"model.num_labels is {cfg.model.num_labels}; continuing a run keeps its classification head "

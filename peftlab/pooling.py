@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 POOLINGS = ("cls", "mean")
 
@@ -65,23 +64,23 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
         )
     if isinstance(encoder.pooler, MaskedMeanPooler):
         return model
-    pooler = MaskedMeanPooler()
-    encoder.pooler = pooler
-    _hand_mask_to(encoder, pooler)
+    encoder.pooler = MaskedMeanPooler()
+    # module-level hooks that find the pooler on the encoder they run on, so a deep copy of the model
+    # (or a pickled one) pools with its own mask rather than its original's
+    encoder.register_forward_pre_hook(_hand_mask_to_pooler, with_kwargs=True)
+    encoder.register_forward_hook(_drop_pooler_mask)
     return model
 
 
-def _hand_mask_to(encoder: nn.Module, pooler: MaskedMeanPooler) -> tuple[RemovableHandle, RemovableHandle]:
-    def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        pooler.attention_mask = kwargs["attention_mask"] if "attention_mask" in kwargs else _positional_mask(args)
+def _hand_mask_to_pooler(encoder: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if isinstance(encoder.pooler, MaskedMeanPooler):
+        mask = kwargs["attention_mask"] if "attention_mask" in kwargs else _positional_mask(args)
+        encoder.pooler.attention_mask = mask
 
-    def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        pooler.attention_mask = None
 
-    return (
-        encoder.register_forward_pre_hook(before, with_kwargs=True),
-        encoder.register_forward_hook(after),
-    )
+def _drop_pooler_mask(encoder: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    if isinstance(encoder.pooler, MaskedMeanPooler):
+        encoder.pooler.attention_mask = None
 
 
 def _positional_mask(args: tuple[Any, ...]) -> torch.Tensor | None:

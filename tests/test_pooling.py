@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -166,3 +167,39 @@ def test_a_mean_pooled_run_reloads_with_its_pooling_and_refuses_a_plain_export(
     with pytest.raises(ValueError, match=r"model\.pooling=mean"):
         export_merged(run_dir, tmp_path / "exported")
     assert not (tmp_path / "exported").exists()
+
+
+def test_continuing_a_mean_pooled_run_keeps_its_pooling(tmp_path: Path) -> None:
+    run_dir = mean_pooled_run(tmp_path, "lora")
+    for init_head in ("keep", "new"):
+        cfg = RunConfig()
+        cfg.model.preset = "tiny-bert"
+        cfg.model.task = "sequence_classification"
+        cfg.method.name = "lora"
+        cfg.data.train_file = cfg.data.valid_file = str(tmp_path / "labels.jsonl")
+        cfg.train.init_from = str(run_dir)
+        cfg.train.init_head = init_head
+        cfg.train.max_steps = 1
+        cfg.logger.console = False
+        cfg.output_dir = str(tmp_path / f"continued_{init_head}")
+        with pytest.raises(ValueError, match=r"that run pools with model\.pooling=mean .* set model\.pooling=mean"):
+            train(cfg)
+    cfg.model.pooling = "mean"
+    cfg.train.init_head = "keep"
+    cfg.output_dir = str(tmp_path / "continued")
+    train(cfg)
+    assert isinstance(load_run(cfg.output_dir).model.base_model.bert.pooler, MaskedMeanPooler)
+
+
+def test_a_deep_copy_pools_with_its_own_mask() -> None:
+    model = mean_pooled_classifier()
+    twin = copy.deepcopy(model)
+    assert twin.bert.pooler is not model.bert.pooler
+    input_ids, attention_mask = random_batch(6)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # the copy's hooks must hand the mask to the copy's pooler: were it handed to the original's,
+        # the copy would pool over the padding too
+        got = twin(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert twin.bert.pooler.attention_mask is None and model.bert.pooler.attention_mask is None
