@@ -8,7 +8,9 @@ the runs by their label (the method choice plus any overrides other than the see
 - ``memory_vs_throughput.png``, ``accuracy_vs_trainable.png`` and ``loss_curves.png`` (from each run's
   ``events.jsonl``);
 - when runs evaluated during training (``train.eval_every``), a table of validation accuracy and loss
-  per evaluation step and ``valid_curves.png`` (``peftlab.report_curves``).
+  per evaluation step and ``valid_curves.png`` (``peftlab.report_curves``);
+- the environments that made the runs (torch, transformers, thread count, device, commit;
+  ``peftlab.report_environment``), with a warning when they differ.
 
 Runs that ran out of memory or failed are counted and listed with their error; a job folder without a
 ``result.json`` (killed, still running) is listed as ``incomplete``.
@@ -81,6 +83,7 @@ class RunResult:
     error: str | None = None
     method_choice: str | None = None  # the method config chosen (e.g. lora_r64)
     overrides: list[str] | None = None  # the job's command-line overrides, as Hydra recorded them
+    system: dict[str, Any] | None = None  # versions, threads, device and commit the run recorded
 
     @property
     def ok(self) -> bool:
@@ -174,6 +177,7 @@ def _read_result(path: Path) -> RunResult:
         error=data.get("error"),
         method_choice=data.get("method_choice") if isinstance(data.get("method_choice"), str) else None,
         overrides=[str(item) for item in overrides] if isinstance(overrides, list) else None,
+        system=data.get("system") if isinstance(data.get("system"), dict) else None,
     )
 
 
@@ -421,6 +425,7 @@ def write_report(
             "or --out to write elsewhere"
         )
     from peftlab import report_curves  # it builds on this module's groups
+    from peftlab.report_environment import render_environment_section
 
     target.mkdir(parents=True, exist_ok=True)
     groups = summarize(runs)
@@ -428,7 +433,8 @@ def write_report(
     with_curves = report_curves.has_intermediate_evaluations(curves)
     curve_lines = report_curves.render_curve_section(curves) if with_curves else []
     markdown = target / "report.md"
-    markdown.write_text(render_markdown(root, groups, runs, curve_lines), encoding="utf-8")
+    extra_sections = [*curve_lines, *([""] if curve_lines else []), *render_environment_section(runs)]
+    markdown.write_text(render_markdown(root, groups, runs, extra_sections), encoding="utf-8")
     csv_path = target / "report.csv"
     write_csv(csv_path, groups)
     plots = [

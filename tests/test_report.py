@@ -25,7 +25,14 @@ FINISHED_METHODS = ("full", "lora", "prompt_tuning")
 
 
 def _write_run(
-    job_dir: Path, method: str, seed: int, status: str, metrics: dict, losses: list[float], error=None
+    job_dir: Path,
+    method: str,
+    seed: int,
+    status: str,
+    metrics: dict,
+    losses: list[float],
+    error=None,
+    system: dict | None = None,
 ):
     job_dir.mkdir(parents=True)
     (job_dir / ".hydra").mkdir()
@@ -38,6 +45,8 @@ def _write_run(
         "metrics": metrics,
         "error": error,
     }
+    if system is not None:
+        result["system"] = system
     (job_dir / "result.json").write_text(json.dumps(result))
     events = [{"step": step, "train_loss": loss, "lr": 1e-3} for step, loss in enumerate(losses, start=1)]
     (job_dir / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
@@ -182,3 +191,43 @@ def test_labels_keep_only_overrides_that_vary_across_the_sweep(tmp_path: Path) -
     assert set(rows) == {"lora [method.r=8]", "lora [method.r=16]", "full [method.r=8]"}
     assert rows["lora [method.r=8]"]["runs"] == "2"
     assert float(rows["lora [method.r=8]"]["peak_mem_gib_mean"]) == pytest.approx(1.5)
+
+
+def _system(threads: int, commit: str = "7ca14c33b6b0783c", dirty: bool = False) -> dict:
+    return {
+        "torch": "2.13.0+cpu",
+        "transformers": "5.25.0",
+        "torch_threads": threads,
+        "cuda_available": False,
+        "gpu_name": None,
+        "source": {"commit": commit, "dirty": dirty},
+    }
+
+
+def test_report_lists_the_environments_and_warns_when_the_runs_differ(tmp_path: Path) -> None:
+    metrics = {"task_accuracy": 0.8}
+    one = tmp_path / "one"
+    _write_run(one / "0", "full", 0, "ok", metrics, [1.0], system=_system(1))
+    _write_run(one / "1", "lora", 0, "ok", metrics, [1.0], system=_system(1))
+    text = write_report(one).markdown.read_text()
+    assert "## Environment" in text
+    assert "| 2.13.0+cpu | 5.25.0 | 1 | CPU | 7ca14c3 | 2: full ×1; lora ×1 |" in text
+    assert "environments" not in text and "commits" not in text
+
+    mixed = tmp_path / "mixed"
+    _write_run(mixed / "0", "prompt_tuning", 0, "ok", metrics, [1.0], system=_system(1))
+    _write_run(mixed / "1", "prompt_tuning", 1, "ok", metrics, [1.0], system=_system(2))
+    _write_run(mixed / "2", "prompt_tuning", 2, "ok", metrics, [1.0], system=_system(1, "abcdef012", True))
+    _write_run(mixed / "3", "lora", 0, "ok", metrics, [1.0])  # an old result.json without a system record
+    text = write_report(mixed).markdown.read_text()
+    assert "| 2.13.0+cpu | 5.25.0 | 2 | CPU | 7ca14c3 | 1: prompt_tuning ×1 |" in text
+    assert "| 2.13.0+cpu | 5.25.0 | 1 | CPU | abcdef0 (uncommitted changes) | 1: prompt_tuning ×1 |" in text
+    assert "| ? | ? | ? | ? | ? | 1: lora ×1 |" in text
+    assert "**These runs come from 3 environments.**" in text  # threads 1, threads 2, unrecorded
+    assert "The runs were made at 3 commits" in text
+
+    commits_only = tmp_path / "commits"
+    _write_run(commits_only / "0", "lora", 0, "ok", metrics, [1.0], system=_system(1))
+    _write_run(commits_only / "1", "lora", 1, "ok", metrics, [1.0], system=_system(1, "0123456789"))
+    text = write_report(commits_only).markdown.read_text()
+    assert "environments" not in text and "The runs were made at 2 commits" in text
