@@ -286,6 +286,35 @@ def test_anchor_table_reports_mean_std_and_gap_from_the_result_files(tmp_path: P
     assert "not run" in rows["full"]
 
 
+def test_implementation_table_pairs_same_draw_runs_and_compares_the_means(tmp_path: Path) -> None:
+    table = load_script("implementation_table")
+    runs = [  # (folder, seed, accuracy, peftlab_draws)
+        ("ours", 0, 0.80, None),
+        ("ours", 1, 0.78, None),
+        ("peft", 0, 0.81, False),
+        ("peft", 1, 0.83, False),
+        ("paired", 0, 0.80, True),
+        ("paired", 1, 0.77, True),
+    ]
+    for folder, seed, value, draws in runs:
+        result = {"status": "ok", "method": "lora", "seed": seed, "metrics": {"task_accuracy": value}}
+        if draws is not None:
+            result["peftlab_draws"] = draws
+        (tmp_path / folder / str(seed)).mkdir(parents=True)
+        (tmp_path / folder / str(seed) / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    ours = table.by_seed(table.finished_runs(tmp_path / "ours")["lora"])
+    reference = table.finished_runs(tmp_path / "peft")["lora"] + table.finished_runs(tmp_path / "paired")["lora"]
+    own = table.by_seed([r for r in reference if not r.get("peftlab_draws")])
+    paired = table.by_seed([r for r in reference if r.get("peftlab_draws")])
+    text = table.tables(ours, own, paired, anchor=0.807)
+    assert "| 0 | 0.800 | 0.810 | 0.800 | +0.000 |" in text
+    assert "| 1 | 0.780 | 0.830 | 0.770 | +0.010 |" in text
+    assert "| peftlab | 2 | 0.790 ± 0.014 | 0.010 | 0 of 2 |" in text
+    assert "| peft, its own draw | 2 | 0.820 ± 0.014 | 0.010 | 2 of 2 |" in text
+    # the difference of independent means, with the standard errors added in quadrature
+    assert "peftlab − peft (independent draws): -0.030, standard error 0.014 (-2.1 standard errors)" in text
+
+
 def test_task_table_shows_the_sweep_the_chosen_rate_and_the_gap_to_full(tmp_path: Path) -> None:
     task_table = load_script("task_table")
     rows = [  # (split, method, lr, seed, accuracy)

@@ -17,8 +17,11 @@ from transformers.pytorch_utils import Conv1D
 
 import peftlab
 from peftlab import AdapterError, LoRAConfig
+from peftlab.builder import METHOD_INIT_SEED_OFFSET, build_base_model, build_for_run
 from peftlab.methods.lora import LoRALinear, lora_layers, plan_attach
 from peftlab.models import build_model
+from peftlab.run_config import RunConfig
+from peftlab.train import seed_everything
 
 # PEFT warns that it switches fan_in_fan_out on for GPT-2's Conv1D, which is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
@@ -188,6 +191,33 @@ def test_init_matches_peft_bit_for_bit_after_the_same_seed(dtype: str) -> None:
         bound = 1 / math.sqrt(layer.lora_A.shape[1])  # kaiming_uniform(a=√5) on fan_in
         assert layer.lora_A.abs().max() <= bound
     assert ours.method.plan.targets == list(lora_layers(ours_base))
+
+
+def test_a_run_draws_its_lora_init_as_peft_does_after_the_method_seed() -> None:
+    """``peft_reference.py --peftlab-draws`` pairs with a run: same ``A``, same random stream after."""
+    cfg = RunConfig()
+    cfg.seed = 11
+    cfg.model.preset = "tiny-bert"
+    cfg.model.task = "sequence_classification"
+    cfg.method.name = "lora"
+    cfg.method.r = 4
+    cfg.method.target_modules = ["query", "value"]
+    seed_everything(cfg.seed)
+    ours, tokenizer = build_for_run(cfg)
+    stream_after_ours = torch.rand(8)
+    seed_everything(cfg.seed)
+    base = build_base_model(cfg.model, tokenizer, cfg.seed)
+    torch.manual_seed(cfg.seed + METHOD_INIT_SEED_OFFSET)
+    peft_config = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=cfg.method.alpha, target_modules=["query", "value"])
+    theirs = get_peft_model(base, peft_config)
+    assert torch.equal(torch.rand(8), stream_after_ours), "the dropout stream must start in the same state"
+    theirs_parameters = dict(theirs.named_parameters())
+    layers = lora_layers(ours.base_model)
+    assert len(layers) == 2 * ours.base_model.config.num_hidden_layers
+    for name, layer in layers.items():
+        assert torch.equal(layer.lora_A, theirs_parameters[f"base_model.model.{name}.lora_A.default.weight"]), name
+    head = theirs_parameters["base_model.model.classifier.modules_to_save.default.weight"]
+    assert torch.equal(ours.base_model.classifier.weight, head)
 
 
 # --- the layer against float64 torch -------------------------------------------------------------

@@ -6,7 +6,10 @@
 The overrides compose ``configs/`` as ``peftlab train`` does. The same seed, tokenizer, base model and
 classification head, the same batches in the same order (``peftlab.train.make_loader``), the same AdamW
 settings and learning-rate schedule; only the method comes from ``peft`` (LoRA, prefix tuning, prompt
-tuning; ``full`` trains the plain model). Writes ``OUT_DIR/result.json`` with ``task_accuracy`` (the
+tuning; ``full`` trains the plain model). With ``--peftlab-draws`` the method's initial values are drawn
+after ``torch.manual_seed(seed + METHOD_INIT_SEED_OFFSET)``, as ``peftlab train`` draws its own, so the
+run pairs seed for seed with peftlab's (same ``A``, same dropout stream); without it peft draws from the
+stream the base model left, as a plain ``peft`` script would. Writes ``OUT_DIR/result.json`` with ``task_accuracy`` (the
 accuracy on ``data.valid_file``) and per-step times, so the like-for-like gap between the two
 implementations is separated from the gap to the published anchor figures.
 """
@@ -24,7 +27,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from peftlab.builder import build_base_model, build_tokenizer
+from peftlab.builder import METHOD_INIT_SEED_OFFSET, build_base_model, build_tokenizer
 from peftlab.data import load_data, model_inputs
 from peftlab.hydra_app import CONFIG_PATH
 from peftlab.train import lr_multiplier, make_loader, seed_everything
@@ -74,7 +77,12 @@ def main() -> None:
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--peftlab-draws",
+        action="store_true",
+        help="draw the method's initial values from the seed peftlab uses, pairing the run with peftlab's",
+    )
+    args = parser.parse_intermixed_args()  # the flag may sit among the overrides
     result_path = args.out_dir / "result.json"
     if result_path.exists():
         raise SystemExit(f"{result_path}: exists; choose another OUT_DIR")
@@ -85,7 +93,10 @@ def main() -> None:
         raise SystemExit("peft_reference.py covers sequence classification runs only")
     seed_everything(settings.seed)
     tokenizer = build_tokenizer(settings.model)
-    model = peft_method(build_base_model(settings.model, tokenizer, settings.seed), settings)
+    base = build_base_model(settings.model, tokenizer, settings.seed)
+    if args.peftlab_draws:
+        torch.manual_seed(settings.seed + METHOD_INIT_SEED_OFFSET)
+    model = peft_method(base, settings)
     data = load_data(settings.data, tokenizer, settings.model.task, settings.model.num_labels)
     train_loader = make_loader(data.train.examples, settings, tokenizer, shuffle=True)
     test_loader = make_loader(data.valid.examples, settings, tokenizer, shuffle=False)
@@ -112,6 +123,7 @@ def main() -> None:
         "implementation": "peft",
         "method": settings.method.name,
         "seed": settings.seed,
+        "peftlab_draws": args.peftlab_draws,
         "overrides": args.overrides,
         "metrics": {
             "task_accuracy": accuracy(model, test_loader),
