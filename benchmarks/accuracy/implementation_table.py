@@ -1,6 +1,6 @@
 """peftlab's method against ``peft``'s over many seeds, and seed for seed with the same draws, as markdown.
 
-    python benchmarks/accuracy/implementation_table.py runs/accuracy/minilm_pang_lee_lora_seeds \
+    python benchmarks/accuracy/implementation_table.py runs/accuracy/minilm_pang_lee_seeds \
         runs/accuracy/peft_reference_pang_lee_seeds runs/accuracy/peft_reference_pang_lee_paired [--method lora]
 
 The first folder holds ``peftlab train`` runs, the others ``peft_reference.py`` runs; those made with

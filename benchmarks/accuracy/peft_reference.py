@@ -29,7 +29,7 @@ from torch import nn
 
 from peftlab.builder import METHOD_INIT_SEED_OFFSET, build_base_model, build_tokenizer
 from peftlab.data import load_data, model_inputs
-from peftlab.hydra_app import CONFIG_PATH
+from peftlab.hydra_app import CONFIG_PATH, system_info
 from peftlab.train import lr_multiplier, make_loader, seed_everything
 
 
@@ -89,6 +89,7 @@ def main() -> None:
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_PATH):
         cfg = compose(config_name="config", overrides=["output_dir=unused", *args.overrides])
     settings = OmegaConf.to_object(cfg)
+    system = system_info()  # taken before training, as peftlab train takes its own
     if settings.model.task != "sequence_classification":
         raise SystemExit("peft_reference.py covers sequence classification runs only")
     seed_everything(settings.seed)
@@ -132,6 +133,7 @@ def main() -> None:
             "trainable_params": sum(p.numel() for p in trainable),
         },
         "wall_time_s": time.perf_counter() - started,
+        "system": system,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
