@@ -286,6 +286,31 @@ def test_anchor_table_reports_mean_std_and_gap_from_the_result_files(tmp_path: P
     assert "not run" in rows["full"]
 
 
+class _Backbone(torch.nn.Module):
+    def forward(self, input_ids: torch.Tensor, past_key_values: object = None) -> torch.Tensor:
+        return input_ids
+
+
+class _RenamedBackbone(torch.nn.Module):
+    def forward(self, input_ids: torch.Tensor, cache: object = None) -> torch.Tensor:
+        return input_ids
+
+
+class _Classifier(torch.nn.Module):
+    base_model_prefix = "bert"
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.bert = backbone
+
+
+def test_peft_reference_refuses_prefix_tuning_where_the_backbone_renamed_past_key_values() -> None:
+    reference = load_script("peft_reference")
+    reference.require_past_key_values(_Classifier(_Backbone()))  # the argument peft feeds its prefix through
+    with pytest.raises(SystemExit, match=r"_RenamedBackbone.*no past_key_values.*transformers==5\.23\.0"):
+        reference.require_past_key_values(_Classifier(_RenamedBackbone()))
+
+
 def test_implementation_table_pairs_same_draw_runs_and_compares_the_means(tmp_path: Path) -> None:
     table = load_script("implementation_table")
     runs = [  # (folder, seed, accuracy, peftlab_draws)

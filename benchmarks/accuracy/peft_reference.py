@@ -17,6 +17,7 @@ implementations is separated from the gap to the published anchor figures.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import time
@@ -31,6 +32,25 @@ from peftlab.builder import METHOD_INIT_SEED_OFFSET, build_base_model, build_tok
 from peftlab.data import load_data, model_inputs
 from peftlab.hydra_app import CONFIG_PATH, system_info
 from peftlab.train import lr_multiplier, make_loader, seed_everything
+
+
+def require_past_key_values(base: nn.Module) -> None:
+    """Stop with what to do where ``peft``'s prefix tuning cannot feed its prefix to ``base``'s backbone.
+
+    ``peft`` 0.21.2 passes the prefix as ``past_key_values``, which transformers 5.24 renamed ``cache`` in
+    its encoders (BERT among them); ``peft`` then fails at the first step. peftlab's own prefix tuning goes
+    through the attention call and runs on both sides of the rename.
+    """
+    import transformers
+
+    backbone = getattr(base, base.base_model_prefix, base)
+    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+        raise SystemExit(
+            f"peft's prefix tuning cannot run {type(backbone).__name__} on transformers {transformers.__version__}: "
+            "its forward has no past_key_values argument (renamed cache in 5.24). Run this script on "
+            "transformers 5.23.0, e.g. pip install --no-deps --target /tmp/tf523 transformers==5.23.0, "
+            "then PYTHONPATH=/tmp/tf523 python benchmarks/accuracy/peft_reference.py ..."
+        )
 
 
 def peft_method(base: nn.Module, settings) -> nn.Module:
@@ -49,6 +69,7 @@ def peft_method(base: nn.Module, settings) -> nn.Module:
             target_modules=list(method.target_modules),
         )
     elif method.name == "prefix_tuning":
+        require_past_key_values(base)
         config = peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=method.num_virtual_tokens)
     elif method.name == "prompt_tuning":
         config = peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=method.num_virtual_tokens)
