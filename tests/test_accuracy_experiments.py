@@ -329,8 +329,7 @@ def test_implementation_table_pairs_same_draw_runs_and_compares_the_means(tmp_pa
         (tmp_path / folder / str(seed) / "result.json").write_text(json.dumps(result), encoding="utf-8")
     ours = table.by_seed(table.finished_runs(tmp_path / "ours")["lora"])
     reference = table.finished_runs(tmp_path / "peft")["lora"] + table.finished_runs(tmp_path / "paired")["lora"]
-    own = table.by_seed([r for r in reference if not r.get("peftlab_draws")])
-    paired = table.by_seed([r for r in reference if r.get("peftlab_draws")])
+    own, paired = table.split_reference(reference)
     text = table.tables(ours, own, paired, anchor=0.807)
     assert "| 0 | 0.800 | 0.810 | 0.800 | +0.000 |" in text
     assert "| 1 | 0.780 | 0.830 | 0.770 | +0.010 |" in text

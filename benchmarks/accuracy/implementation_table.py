@@ -28,6 +28,13 @@ def by_seed(results: list[dict]) -> dict[int, float]:
     return {r["seed"]: r["metrics"]["task_accuracy"] for r in results}
 
 
+def split_reference(results: list[dict]) -> tuple[dict[int, float], dict[int, float]]:
+    """``peft_reference.py`` results by seed: those with peft's own draw, and those with peftlab's."""
+    own = by_seed([r for r in results if not r.get("peftlab_draws")])
+    paired = by_seed([r for r in results if r.get("peftlab_draws")])
+    return own, paired
+
+
 def summary(values: list[float]) -> tuple[float, float, float]:
     """Mean, sample std and standard error of the mean."""
     mean = statistics.fmean(values)
@@ -92,8 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     ours = by_seed(finished_runs(args.ours).get(args.method, []))
     reference = [r for folder in args.peft for r in finished_runs(folder).get(args.method, [])]
-    peft_own = by_seed([r for r in reference if not r.get("peftlab_draws")])
-    peft_paired = by_seed([r for r in reference if r.get("peftlab_draws")])
+    peft_own, peft_paired = split_reference(reference)
     print(tables(ours, peft_own, peft_paired, ANCHOR[args.method][0]), end="")
 
 
